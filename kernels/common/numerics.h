@@ -18,13 +18,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#if defined(__CUDACC__)
-#define MOEQ_HOST_DEVICE __host__ __device__
-#define MOEQ_INLINE __forceinline__
-#else
-#define MOEQ_HOST_DEVICE
-#define MOEQ_INLINE inline
-#endif
+#include "common/macros.h"
 
 namespace moeq::kernels::numerics {
 
@@ -73,7 +67,9 @@ MOEQ_HOST_DEVICE MOEQ_INLINE float round_half_even(float v) {
 #endif
 }
 
-MOEQ_HOST_DEVICE MOEQ_INLINE bool is_nan(float v) { return v != v; }
+MOEQ_HOST_DEVICE MOEQ_INLINE bool is_nan(float v) {
+  return v != v;
+}
 
 MOEQ_HOST_DEVICE MOEQ_INLINE bool is_finite(float v) {
 #if defined(__CUDA_ARCH__)

@@ -8,7 +8,8 @@ namespace moeq::kernels {
 // compressed-tensors pack-quantized: signed codes (int8) are offset by 2^(b-1) and packed along
 // the last dim into int32 words, element i of a row at global bit i*b, little-end first (the
 // "dense cross-element" layout; identical to the legacy one for b in {1, 2, 4, 8}).
-// [..., rows, cols] int8 -> [..., rows, ceil(cols*b/32)] int32.
+// [..., rows, cols] int8 -> [..., rows, ceil(cols*b/32)] int32 (contiguous). Codes outside
+// [-2^(b-1), 2^(b-1)) are not detected: their offset value is masked to b bits.
 at::Tensor pack_int(const at::Tensor& codes, int num_bits);
 at::Tensor unpack_int(const at::Tensor& packed, int num_bits, int64_t cols);
 
