@@ -1,0 +1,21 @@
+// The moeq CLI's subcommands. Each one lives in cmd_<name>.cpp and has one function here that adds
+// it to the app and returns what runs it once the command line is parsed. main.cpp lists them.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace moeq::cli {
+
+// A subcommand added to the app, and what runs it once the command line is parsed: it returns the
+// process exit status and reports errors by throwing moeq::Error.
+struct Command {
+  CLI::App* app;
+  std::function<int()> run;
+};
+
+// moeq plugins [--config FILE] [--plugin SPEC]... : what loaded and what each registered.
+Command add_plugins_command(CLI::App& app);
+
+}  // namespace moeq::cli
