@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -57,7 +58,7 @@ bool is_mapped(const fs::path& path) {
   return false;
 }
 
-const std::vector<std::pair<at::ScalarType, std::string_view>> kAllTypes = {
+constexpr std::array<std::pair<at::ScalarType, std::string_view>, 20> kAllTypes = {{
     {at::kDouble, "F64"},
     {at::kFloat, "F32"},
     {at::kHalf, "F16"},
@@ -78,7 +79,7 @@ const std::vector<std::pair<at::ScalarType, std::string_view>> kAllTypes = {
     {at::kUInt64, "U64"},
     {at::kBool, "BOOL"},
     {at::kComplexFloat, "C64"},
-};
+}};
 
 TEST(SafetensorsReaderTest, RoundTripsEveryDtype) {
   ScratchDir dir;
@@ -142,6 +143,19 @@ TEST(SafetensorsReaderTest, LoadCopiesToDeviceAndDtype) {
   const at::Tensor copy = checkpoint.load("w", at::kCPU);
   EXPECT_NE(copy.data_ptr(), checkpoint.tensor("w").data_ptr());
   EXPECT_TRUE(at::equal(copy, weight));
+}
+
+TEST(SafetensorsReaderTest, LoadsToCuda) {
+  if (!at::hasCUDA()) {
+    GTEST_SKIP() << "no CUDA device";
+  }
+  ScratchDir dir;
+  const at::Tensor weight = at::randn({64, 32}).to(at::kBFloat16);
+  save_safetensors(dir.path(), {{"w", weight}});
+  const SafetensorsCheckpoint checkpoint(dir.path());
+  const at::Tensor on_gpu = checkpoint.load("w", at::Device(at::kCUDA, 0), at::kFloat);
+  EXPECT_TRUE(on_gpu.is_cuda());
+  EXPECT_TRUE(at::equal(on_gpu.cpu(), weight.to(at::kFloat)));
 }
 
 TEST(SafetensorsReaderTest, MisalignedDataIsCopied) {

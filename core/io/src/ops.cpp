@@ -4,6 +4,7 @@
 //   torch.ops.moeq.save_safetensors(tensors, directory, max_shard_bytes, metadata) -> [paths]
 #include <torch/library.h>
 
+#include "moeq/core/error.h"
 #include "moeq/io/safetensors_reader.h"
 #include "moeq/io/safetensors_writer.h"
 
@@ -24,6 +25,8 @@ std::vector<std::string> save_safetensors_op(
     const std::string& directory,
     int64_t max_shard_bytes,
     const std::optional<c10::Dict<std::string, std::string>>& metadata) {
+  MOEQ_CHECK(max_shard_bytes > 0, "save_safetensors: max_shard_bytes must be positive, got {}",
+             max_shard_bytes);
   SafetensorsWriterOptions options;
   options.max_shard_bytes = static_cast<uint64_t>(max_shard_bytes);
   if (metadata) {
