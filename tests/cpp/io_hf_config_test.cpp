@@ -119,6 +119,8 @@ TEST(HfConfigTest, LoadsFilesAndDirectories) {
   write_bytes(dir / "bad.json", "{\"hidden_size\": 4096,}");
   EXPECT_CONTAINS(MOEQ_IO_ERROR_OF(HfConfig::load(dir / "bad.json")),
                   fmt::format("config '{}' is not valid JSON: ", (dir / "bad.json").string()));
+  EXPECT_CONTAINS(MOEQ_IO_ERROR_OF(HfConfig::parse(R"({"rope_theta": 1e999999})", "big.json")),
+                  "config 'big.json' is not valid JSON: ");
   EXPECT_EQ(MOEQ_IO_ERROR_OF(HfConfig::parse("[1]", "list.json")),
             "config 'list.json' is array [1], expected a JSON object");
 }

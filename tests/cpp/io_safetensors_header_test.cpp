@@ -92,6 +92,10 @@ TEST(SafetensorsHeaderTest, MalformedJson) {
   EXPECT_CONTAINS(error_of(""), "not valid JSON");
   EXPECT_CONTAINS(error_of("{} x"), "not valid JSON");
   EXPECT_CONTAINS(error_of("{\"\xff\xfe\":{}}"), "not valid JSON");  // not UTF-8
+  // nlohmann reports a number it cannot hold as out_of_range, not parse_error (found by the
+  // fuzz target; tests/fuzz/corpus/regress_number_overflow).
+  EXPECT_CONTAINS(error_of(R"({"w":{"dtype":"U8","shape":[1e18446744073709551615]}})"),
+                  "not valid JSON: [json.exception.out_of_range.406] number overflow");
   EXPECT_EQ(error_of("[1, 2]"),
             "safetensors 'bad.safetensors': the header is array [1,2], expected a JSON object");
 }

@@ -81,7 +81,7 @@ HfConfig HfConfig::parse(std::string_view text, std::string source) {
   Json json;
   try {
     json = Json::parse(text);
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {
     MOEQ_FAIL("config '{}' is not valid JSON: {}", source, e.what());
   }
   MOEQ_CHECK(json.is_object(), "config '{}' is {} {}, expected a JSON object", source,

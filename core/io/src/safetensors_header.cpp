@@ -252,7 +252,7 @@ SafetensorsHeader parse_header(std::string_view json, uint64_t file_size, std::s
   Json root;
   try {
     root = Json::parse(json.begin(), json.end(), DuplicateKeyCheck(file));
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {
     MOEQ_FAIL("safetensors '{}': the header is not valid JSON: {}", file, clip(e.what(), 300));
   }
   MOEQ_CHECK(root.is_object(), "safetensors '{}': the header is {} {}, expected a JSON object",

@@ -168,7 +168,7 @@ SafetensorsCheckpoint::SafetensorsCheckpoint(const fs::path& path) {
     nlohmann::json root;
     try {
       root = nlohmann::json::parse(read_text(index_path_));
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {
       MOEQ_FAIL("index '{}' is not valid JSON: {}", index, e.what());
     }
     MOEQ_CHECK(root.is_object() && root.contains("weight_map") && root["weight_map"].is_object(),
