@@ -116,8 +116,8 @@ TEST(SafetensorsReaderTest, ViewsAreZeroCopyAndKeepTheMappingAlive) {
     const SafetensorsCheckpoint checkpoint(dir.path());
     // Names, dtypes and shapes come from the header alone.
     EXPECT_EQ(checkpoint.names(), (std::vector<std::string>{"b", "w"}));
-    EXPECT_EQ(checkpoint.info("w").shape, (std::vector<int64_t>{16, 8}));
-    EXPECT_EQ(checkpoint.info("w").nbytes, 16u * 8 * 4);
+    EXPECT_EQ(checkpoint.entry("w").shape, (std::vector<int64_t>{16, 8}));
+    EXPECT_EQ(checkpoint.entry("w").nbytes(), 16u * 8 * 4);
     EXPECT_FALSE(is_mapped(path));
 
     view = checkpoint.tensor("w");
@@ -182,7 +182,7 @@ TEST(SafetensorsReaderTest, DtypesTorchCannotHold) {
                                 R"("b":{"dtype":"F4","shape":[2,3],"data_offsets":[3,6]}})",
                                 "abcdef"));
   const SafetensorsFile file(dir / "f6.safetensors");
-  EXPECT_EQ(file.info("a").dtype, DType::kF6E2M3);  // the header is fine
+  EXPECT_EQ(file.entry("a").dtype, DType::kF6E2M3);  // the header is fine
   const std::string path = (dir / "f6.safetensors").string();
   EXPECT_EQ(
       MOEQ_IO_ERROR_OF(file.tensor("a")),
@@ -247,7 +247,7 @@ TEST(SafetensorsReaderTest, ReadsShardedCheckpoints) {
       EXPECT_TRUE(checkpoint.contains(name));
       EXPECT_TRUE(at::equal(checkpoint.tensor(name), tensor)) << name;
     }
-    EXPECT_EQ(checkpoint.info("layers.5.w").file, dir / "model-00003-of-00003.safetensors");
+    EXPECT_EQ(checkpoint.file_of("layers.5.w").path(), dir / "model-00003-of-00003.safetensors");
   }
   const SafetensorsCheckpoint checkpoint(dir.path());
   EXPECT_FALSE(checkpoint.contains("ghost"));

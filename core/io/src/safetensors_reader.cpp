@@ -93,11 +93,6 @@ const TensorEntry& SafetensorsFile::entry(std::string_view name) const {
   return *entry;
 }
 
-TensorInfo SafetensorsFile::info(std::string_view name) const {
-  const TensorEntry& found = entry(name);
-  return TensorInfo{found.name, found.dtype, found.shape, found.nbytes(), path_};
-}
-
 std::shared_ptr<const MappedFile> SafetensorsFile::mapping() const {
   const std::lock_guard<std::mutex> lock(mutex_);
   if (!mapping_) {
@@ -225,10 +220,6 @@ const SafetensorsFile& SafetensorsCheckpoint::file_of(std::string_view name) con
               (index_path_.empty() ? files_.front()->path() : index_path_).string(), name);
   }
   return *files_[it->second];
-}
-
-TensorInfo SafetensorsCheckpoint::info(std::string_view name) const {
-  return file_of(name).info(name);
 }
 
 at::Tensor SafetensorsCheckpoint::tensor(std::string_view name) const {

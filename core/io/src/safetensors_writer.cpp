@@ -10,7 +10,6 @@
 #include <nlohmann/json.hpp>
 
 #include "moeq/core/error.h"
-#include "moeq/io/safetensors_reader.h"
 #include "moeq/io/torch_dtype.h"
 
 namespace moeq::io {
@@ -19,10 +18,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A file being written under a temporary name. Until keep(), destruction removes it.
+// A file being written under a temporary name. Until commit(), destruction removes it.
 class TemporaryFile {
  public:
-  // what: how messages name the file ("shard 2 of 'out/'", "'out/index.json'").
+  // what: how messages name the file ("shard 2 in 'out'", "'out/x.json'").
   TemporaryFile(fs::path path, std::string what) : path_(std::move(path)), what_(std::move(what)) {
     fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     MOEQ_CHECK(fd_ >= 0, "cannot create {} ('{}'): {}", what_, path_.string(),
@@ -64,8 +63,6 @@ class TemporaryFile {
                path_.string(), std::strerror(errno));
     kept_ = true;
   }
-
-  const fs::path& path() const { return path_; }
 
  private:
   fs::path path_;

@@ -25,15 +25,6 @@
 
 namespace moeq::io {
 
-// What a checkpoint says about a tensor, known without touching its data.
-struct TensorInfo {
-  std::string name;
-  DType dtype;
-  std::vector<int64_t> shape;  // as in the header (F4: logical elements)
-  uint64_t nbytes = 0;
-  std::filesystem::path file;
-};
-
 class SafetensorsFile {
  public:
   explicit SafetensorsFile(std::filesystem::path path);
@@ -45,9 +36,9 @@ class SafetensorsFile {
   // Names in file (offset) order.
   std::vector<std::string> names() const;
   bool contains(std::string_view name) const { return header_.find(name) != nullptr; }
-  // The entry of a tensor; a moeq::Error naming the file when it is absent.
+  // The header entry of a tensor (dtype, shape, bytes; no data is touched); a moeq::Error naming
+  // the file when it is absent.
   const TensorEntry& entry(std::string_view name) const;
-  TensorInfo info(std::string_view name) const;
 
   // A view of the mapped bytes (CPU, read-only memory); see the file comment.
   at::Tensor tensor(std::string_view name) const;
@@ -71,7 +62,8 @@ class SafetensorsCheckpoint {
   // Sorted by name.
   const std::vector<std::string>& names() const { return names_; }
   bool contains(std::string_view name) const { return where_.find(name) != where_.end(); }
-  TensorInfo info(std::string_view name) const;
+  // The header entry (dtype, shape, bytes) from the shard holding the tensor.
+  const TensorEntry& entry(std::string_view name) const { return file_of(name).entry(name); }
 
   // Zero-copy view (see the file comment).
   at::Tensor tensor(std::string_view name) const;
