@@ -57,14 +57,16 @@ Logger& logger() {
 
 ScopedLogCapture::ScopedLogCapture()
     : lines_(std::make_shared<std::string>()), mutex_(std::make_shared<std::mutex>()) {
-  previous_ = logger().set_sink([lines = lines_, mutex = mutex_](LogLevel level,
-                                                                 std::string_view message) {
-    std::lock_guard lock(*mutex);
-    lines->append(to_string(level)).append(": ").append(message).append("\n");
-  });
+  previous_ =
+      logger().set_sink([lines = lines_, mutex = mutex_](LogLevel level, std::string_view message) {
+        std::lock_guard lock(*mutex);
+        lines->append(to_string(level)).append(": ").append(message).append("\n");
+      });
 }
 
-ScopedLogCapture::~ScopedLogCapture() { logger().set_sink(std::move(previous_)); }
+ScopedLogCapture::~ScopedLogCapture() {
+  logger().set_sink(std::move(previous_));
+}
 
 std::string ScopedLogCapture::text() const {
   std::lock_guard lock(*mutex_);

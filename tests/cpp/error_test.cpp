@@ -16,7 +16,9 @@ TEST(ErrorTest, CheckCarriesFormattedMessageAndLocation) {
   }
 }
 
-TEST(ErrorTest, CheckPassesSilently) { EXPECT_NO_THROW(MOEQ_CHECK(1 + 1 == 2, "never")); }
+TEST(ErrorTest, CheckPassesSilently) {
+  EXPECT_NO_THROW(MOEQ_CHECK(1 + 1 == 2, "never"));
+}
 
 TEST(ErrorTest, InternalAssertAsksForReport) {
   try {

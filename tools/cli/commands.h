@@ -18,4 +18,8 @@ struct Command {
 // moeq plugins [--config FILE] [--plugin SPEC]... : what loaded and what each registered.
 Command add_plugins_command(CLI::App& app);
 
+// moeq formats [--experts N] [--rows R] [--cols C] [--scheme S]... : quantizes a generated expert
+// stack with every named scheme and prints the error and size table.
+Command add_formats_command(CLI::App& app);
+
 }  // namespace moeq::cli

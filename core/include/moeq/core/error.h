@@ -44,7 +44,9 @@ namespace detail {
                                        const char* condition,
                                        std::string message);
 
-inline std::string format_or_empty() { return {}; }
+inline std::string format_or_empty() {
+  return {};
+}
 template <typename... Args>
 std::string format_or_empty(fmt::format_string<Args...> format, Args&&... args) {
   return fmt::format(format, std::forward<Args>(args)...);
@@ -60,21 +62,21 @@ constexpr bool kIsStringCondition =
 }  // namespace moeq
 
 // Formats only on failure. Messages are LLVM-style: lowercase, no trailing period, with values.
-#define MOEQ_CHECK(cond, ...)                                                                  \
-  do {                                                                                         \
-    static_assert(!::moeq::detail::kIsStringCondition<decltype(cond)>,                         \
+#define MOEQ_CHECK(cond, ...)                                                                    \
+  do {                                                                                           \
+    static_assert(!::moeq::detail::kIsStringCondition<decltype(cond)>,                           \
                   "MOEQ_CHECK: the condition is a string literal; did you swap the arguments?"); \
-    if (!(cond)) [[unlikely]] {                                                                \
-      ::moeq::detail::throw_error(__FILE__, __LINE__, ::fmt::format(__VA_ARGS__));             \
-    }                                                                                          \
+    if (!(cond)) [[unlikely]] {                                                                  \
+      ::moeq::detail::throw_error(__FILE__, __LINE__, ::fmt::format(__VA_ARGS__));               \
+    }                                                                                            \
   } while (false)
 
-#define MOEQ_INTERNAL_ASSERT(cond, ...)                                                        \
-  do {                                                                                         \
-    if (!(cond)) [[unlikely]] {                                                                \
-      ::moeq::detail::throw_internal_error(__FILE__, __LINE__, #cond,                          \
-                                           ::moeq::detail::format_or_empty(__VA_ARGS__));      \
-    }                                                                                          \
+#define MOEQ_INTERNAL_ASSERT(cond, ...)                                                   \
+  do {                                                                                    \
+    if (!(cond)) [[unlikely]] {                                                           \
+      ::moeq::detail::throw_internal_error(__FILE__, __LINE__, #cond,                     \
+                                           ::moeq::detail::format_or_empty(__VA_ARGS__)); \
+    }                                                                                     \
   } while (false)
 
 // Unconditional failure with a formatted message.
