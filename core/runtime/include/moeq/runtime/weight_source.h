@@ -1,0 +1,45 @@
+// Where the runtime's weights come from. A model holds no weights of its own between layers: it
+// asks a WeightSource for each parameter when the layer that owns it is loaded and drops it when
+// the layer is released. The checkpoint reader (memory-mapped safetensors) is the usual source;
+// tests use a map of tensors, and an instrumented source can count what is resident.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moeq::runtime {
+
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+  // The tensor stored under `name`, in its stored dtype, on the CPU. It may be a zero-copy view
+  // of a mapped file: the caller must not write to it. An unknown name is an error naming it.
+  virtual at::Tensor get(const std::string& name) = 0;
+  virtual bool has(const std::string& name) const = 0;
+  // Every tensor name the source holds, sorted (for "tensors nothing claimed" reports).
+  virtual std::vector<std::string> names() const = 0;
+  // A short description for error messages ("model dir /path", "tensor map").
+  virtual std::string describe() const = 0;
+};
+
+// Tensors held in memory (tests, checkpoints built in memory).
+class TensorMapSource final : public WeightSource {
+ public:
+  TensorMapSource() = default;
+  explicit TensorMapSource(std::map<std::string, at::Tensor> tensors);
+
+  void set(const std::string& name, at::Tensor tensor);
+  at::Tensor get(const std::string& name) override;
+  bool has(const std::string& name) const override;
+  std::vector<std::string> names() const override;
+  std::string describe() const override { return "tensor map"; }
+
+ private:
+  std::map<std::string, at::Tensor> tensors_;
+};
+
+}  // namespace moeq::runtime
