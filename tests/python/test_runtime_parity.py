@@ -2,7 +2,7 @@
 
 tools/fixtures/make_tiny_moe.py writes the checkpoints (hub layout) and transformers' reference
 logits and router choices into the build directory; moeq runs the same batches through
-torch.ops.moeq.run_causal_lm_tensors (libmoeq_runtime).
+torch.ops.moeq.run_causal_lm (libmoeq_runtime), which reads the checkpoint memory-mapped.
 
 fp32 on CPU: logits within 1e-4 relative (|moeq - hf| <= 1e-4 * max|hf| on every kept token) and
 the router's top-k expert ids equal, in order, for every kept token of every MoE layer.
@@ -60,9 +60,8 @@ def _load(tiny_moe, name):
     d = os.path.join(tiny_moe, name)
     with open(os.path.join(d, "config.json")) as f:
         config = f.read()
-    weights = load_file(os.path.join(d, "model.safetensors"))
     ref = load_file(os.path.join(d, "reference.safetensors"))
-    return d, config, weights, ref
+    return d, config, ref
 
 
 def _batches(ref):
@@ -76,23 +75,25 @@ def _moe_layers(ref, b):
     return sorted(int(k.rsplit("_", 1)[1]) for k in ref if k.startswith(f"topk_ids_{b}_"))
 
 
-def _run(ops, config, weights, ids, mask, pos, dtype=torch.float32, device=None, keep=False):
-    return ops.run_causal_lm_tensors(config, weights, ids, mask, pos, dtype, device, keep)
+def _run(ops, model_dir, ids, mask, pos, dtype=torch.float32, device=None, keep=False):
+    return ops.run_causal_lm(model_dir, ids, mask, pos, dtype, device, keep)
 
 
 @pytest.mark.parametrize("name", FIXTURES)
 def test_fp32_cpu(name, tiny_moe, runtime_ops):
-    _, config, weights, ref = _load(tiny_moe, name)
+    d, _, ref = _load(tiny_moe, name)
     checked_tokens = 0
     for b, ids, mask, pos in _batches(ref):
-        logits, topk_ids, topk_weights = _run(runtime_ops, config, weights, ids, mask, pos)
+        logits, topk_ids, topk_weights = _run(runtime_ops, d, ids, mask, pos)
         valid = ref[f"valid_{b}"].bool()
         got, want = logits[valid], ref[f"logits_{b}"][valid]
         scale = want.abs().max()
         err = (got - want).abs().max()
-        assert err <= 1e-4 * scale, f"{name} batch {b}: max |diff| {err:.3g}, max |logit| {scale:.3g}"
+        assert err <= 1e-4 * scale, (
+            f"{name} batch {b}: max |diff| {err:.3g}, max |logit| {scale:.3g}")
         layers = _moe_layers(ref, b)
-        assert len(topk_ids) == len(layers), f"{name}: {len(topk_ids)} MoE layers, expected {len(layers)}"
+        assert len(topk_ids) == len(layers), (
+            f"{name}: {len(topk_ids)} MoE layers, expected {len(layers)}")
         flat_valid = valid.reshape(-1)
         for got_ids, got_w, layer in zip(topk_ids, topk_weights, layers):
             want_ids = ref[f"topk_ids_{b}_{layer}"]
@@ -109,26 +110,30 @@ def test_fp32_cpu(name, tiny_moe, runtime_ops):
 
 
 def test_layerwise_equals_resident(tiny_moe, runtime_ops):
-    _, config, weights, ref = _load(tiny_moe, "qwen2_moe")
+    d, _, ref = _load(tiny_moe, "qwen2_moe")
     ids, mask = ref["input_ids_0"], ref["attention_mask_0"]
-    layerwise = _run(runtime_ops, config, weights, ids, mask, None, keep=False)[0]
-    resident = _run(runtime_ops, config, weights, ids, mask, None, keep=True)[0]
+    layerwise = _run(runtime_ops, d, ids, mask, None, keep=False)[0]
+    resident = _run(runtime_ops, d, ids, mask, None, keep=True)[0]
     assert torch.equal(layerwise, resident)
 
 
 def test_hub_layout_on_disk(tiny_moe):
     """What the fixtures wrote uses the published per-expert names."""
-    _, _, weights, _ = _load(tiny_moe, "mixtral")
-    assert "model.layers.1.block_sparse_moe.experts.3.w2.weight" in weights
-    assert "model.layers.0.block_sparse_moe.gate.weight" in weights
-    assert not any("gate_up_proj" in k for k in weights)
-    _, _, weights, _ = _load(tiny_moe, "qwen2_moe")
-    assert "model.layers.0.mlp.shared_expert_gate.weight" in weights
-    assert "model.layers.2.mlp.experts.7.up_proj.weight" in weights
-    assert "model.layers.1.mlp.gate_proj.weight" in weights  # the dense layer
-    _, config, weights, _ = _load(tiny_moe, "qwen3_moe")
-    assert "model.layers.0.self_attn.q_norm.weight" in weights
+    def weights(name):
+        return load_file(os.path.join(tiny_moe, name, "model.safetensors"))
+
+    mixtral = weights("mixtral")
+    assert "model.layers.1.block_sparse_moe.experts.3.w2.weight" in mixtral
+    assert "model.layers.0.block_sparse_moe.gate.weight" in mixtral
+    assert not any("gate_up_proj" in k for k in mixtral)
+    qwen2 = weights("qwen2_moe")
+    assert "model.layers.0.mlp.shared_expert_gate.weight" in qwen2
+    assert "model.layers.2.mlp.experts.7.up_proj.weight" in qwen2
+    assert "model.layers.1.mlp.gate_proj.weight" in qwen2  # the dense layer
+    assert "model.layers.0.self_attn.q_norm.weight" in weights("qwen3_moe")
+    _, config, _ = _load(tiny_moe, "qwen3_moe")
     assert json.loads(config)["num_experts"] == 8
+    assert "lm_head.weight" not in weights("mixtral_llama3_window_tied")  # tied
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -143,11 +148,11 @@ def test_bf16_cuda(name, tiny_moe, runtime_ops):
     (torch 2.11.0+cu130): mean <= 1.4e-3, max <= 8.1e-3 (Qwen3-MoE bit-identical), 95-100% of
     tokens agree.
     """
-    d, config, weights, _ = _load(tiny_moe, name)
+    d, _, _ = _load(tiny_moe, name)
     ref = _load_script().reference(d, dtype=torch.bfloat16, device="cuda")
     agree_total, tokens_total = 0, 0
     for b, ids, mask, pos in _batches(ref):
-        logits, topk_ids, _ = _run(runtime_ops, config, weights, ids, mask, pos,
+        logits, topk_ids, _ = _run(runtime_ops, d, ids, mask, pos,
                                    dtype=torch.bfloat16, device=torch.device("cuda"))
         assert logits.dtype == torch.bfloat16 and logits.is_cuda
         valid = ref[f"valid_{b}"].bool().reshape(-1)

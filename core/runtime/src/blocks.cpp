@@ -3,6 +3,7 @@
 #include <moeq/runtime/blocks.h>
 
 #include <moeq/core/error.h>
+#include <moeq/io/safetensors_reader.h>
 
 #include <moeq/runtime/module.h>
 #include <moeq/runtime/weight_source.h>
@@ -17,8 +18,7 @@
 
 namespace moeq::runtime {
 
-// ---- weight sources
-// ------------------------------------------------------------------------------
+// ---- weight sources -----------------------------------------------------------------------------
 
 TensorMapSource::TensorMapSource(std::map<std::string, at::Tensor> tensors)
     : tensors_(std::move(tensors)) {}
@@ -46,8 +46,32 @@ std::vector<std::string> TensorMapSource::names() const {
   return out;
 }
 
-// ---- module
-// ----------------------------------------------------------------------------------------
+CheckpointSource::CheckpointSource(const std::filesystem::path& path)
+    : CheckpointSource(std::make_shared<const io::SafetensorsCheckpoint>(path),
+                       fmt::format("checkpoint '{}'", path.string())) {}
+
+CheckpointSource::CheckpointSource(std::shared_ptr<const io::SafetensorsCheckpoint> checkpoint,
+                                   std::string description)
+    : checkpoint_(std::move(checkpoint)), description_(std::move(description)) {
+  MOEQ_CHECK(checkpoint_ != nullptr, "CheckpointSource: null checkpoint");
+}
+
+CheckpointSource::~CheckpointSource() = default;
+
+at::Tensor CheckpointSource::get(const std::string& name) {
+  MOEQ_CHECK(checkpoint_->contains(name), "{}: no tensor named '{}'", description_, name);
+  return checkpoint_->tensor(name);
+}
+
+bool CheckpointSource::has(const std::string& name) const {
+  return checkpoint_->contains(name);
+}
+
+std::vector<std::string> CheckpointSource::names() const {
+  return checkpoint_->names();
+}
+
+// ---- module -------------------------------------------------------------------------------------
 
 Module::Module(std::string type, std::string name)
     : type_(std::move(type)), name_(std::move(name)) {}
@@ -160,8 +184,7 @@ const at::Tensor& resident(const Parameter& p) {
 
 }  // namespace
 
-// ---- forward context
-// -------------------------------------------------------------------------------
+// ---- forward context ----------------------------------------------------------------------------
 
 ForwardContext::ForwardContext(int64_t batch_size,
                                int64_t seq_len,
@@ -220,8 +243,7 @@ const std::pair<at::Tensor, at::Tensor>& ForwardContext::rope(const RotaryEmbedd
   return rope_.emplace(&rotary, rotary.cos_sin(position_ids_, placement_.dtype)).first->second;
 }
 
-// ---- leaves
-// ----------------------------------------------------------------------------------------
+// ---- leaves -------------------------------------------------------------------------------------
 
 Embedding::Embedding(std::string name, int64_t vocab_size, int64_t hidden_size)
     : Module("Embedding", std::move(name)),
@@ -273,8 +295,7 @@ at::Tensor RMSNorm::forward(const at::Tensor& x) {
   return resident(*weight_) * h.to(input_dtype);
 }
 
-// ---- rotary embeddings
-// -----------------------------------------------------------------------------
+// ---- rotary embeddings --------------------------------------------------------------------------
 
 RotaryEmbedding::RotaryEmbedding(const RopeOptions& options) : options_(options) {
   MOEQ_CHECK(options.head_dim > 0, "rotary embedding: head_dim must be positive, got {}",
@@ -348,8 +369,7 @@ at::Tensor RotaryEmbedding::apply(const at::Tensor& x,
   return at::cat({x_rot * c + rotate_half(x_rot) * s, x_pass}, -1);
 }
 
-// ---- attention
-// -------------------------------------------------------------------------------------
+// ---- attention ----------------------------------------------------------------------------------
 
 Attention::Attention(std::string type,
                      std::string name,
@@ -420,8 +440,7 @@ at::Tensor Attention::forward(const at::Tensor& hidden, ForwardContext& ctx) {
   return o_proj_->forward(out);
 }
 
-// ---- feed-forward
-// ----------------------------------------------------------------------------------
+// ---- feed-forward -------------------------------------------------------------------------------
 
 GatedMlp::GatedMlp(std::string type, std::string name, const GatedMlpOptions& options)
     : FeedForward(std::move(type), std::move(name)), options_(options) {
@@ -445,8 +464,7 @@ at::Tensor GatedMlp::forward(const at::Tensor& hidden) {
   return down_->forward(act * up_->forward(hidden));
 }
 
-// ---- routing
-// ---------------------------------------------------------------------------------------
+// ---- routing ------------------------------------------------------------------------------------
 
 Router::Router(std::string type, std::string name, int64_t num_experts, int64_t top_k)
     : Module(std::move(type), std::move(name)), num_experts_(num_experts), top_k_(top_k) {
@@ -482,8 +500,7 @@ RouterOutput SoftmaxTopKRouter::route(const at::Tensor& hidden) {
   return out;
 }
 
-// ---- experts
-// ---------------------------------------------------------------------------------------
+// ---- experts ------------------------------------------------------------------------------------
 
 PerExpertMlps::PerExpertMlps(std::string type,
                              std::string name,
@@ -509,8 +526,7 @@ at::Tensor PerExpertMlps::run_expert(int64_t expert, const at::Tensor& rows) {
   return this->expert(expert).forward(rows);
 }
 
-// ---- sparse MoE block
-// ------------------------------------------------------------------------------
+// ---- sparse MoE block ---------------------------------------------------------------------------
 
 SparseMoeBlock::SparseMoeBlock(std::string type, std::string name, const SparseMoeOptions& options)
     : FeedForward(std::move(type), std::move(name)), options_(options) {}
@@ -653,8 +669,7 @@ void SparseMoeBlock::remove_hook(const MoeHook* hook) {
   std::erase_if(hooks_, [&](const auto& h) { return h.get() == hook; });
 }
 
-// ---- decoder layer
-// ---------------------------------------------------------------------------------
+// ---- decoder layer ------------------------------------------------------------------------------
 
 DecoderLayer::DecoderLayer(std::string type, std::string name, int64_t index)
     : Module(std::move(type), std::move(name)), index_(index) {}

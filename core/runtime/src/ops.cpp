@@ -1,15 +1,13 @@
-// Torch ops for Python (parity tests, notebooks): run a model of this library on given weights.
-//   torch.ops.moeq.run_causal_lm_tensors(config_json, weights, input_ids, attention_mask,
-//       position_ids, dtype, device, keep_resident) -> (logits, topk_ids[], topk_weights[])
-// topk_ids / topk_weights hold one [B*S, K] tensor per MoE layer, in layer order.
+// Torch ops for Python (parity tests, notebooks): run a model directory through the runtime.
+//   torch.ops.moeq.run_causal_lm(model_dir, input_ids, attention_mask, position_ids, dtype,
+//       device, keep_resident) -> (logits, topk_ids[], topk_weights[])
+// The checkpoint is read memory-mapped, layer by layer unless keep_resident. topk_ids and
+// topk_weights hold one [B*S, K] tensor per MoE layer, in layer order.
 #include <moeq/runtime/causal_lm.h>
 #include <moeq/runtime/models.h>
 
-#include <moeq/core/error.h>
-
 #include <ATen/ATen.h>
 #include <torch/library.h>
-#include <nlohmann/json.hpp>
 
 namespace moeq::runtime {
 namespace {
@@ -25,31 +23,19 @@ class RoutingRecorder final : public MoeHook {
   std::vector<at::Tensor> weights;
 };
 
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> run_causal_lm_tensors(
-    const std::string& config_json,
-    const c10::Dict<std::string, at::Tensor>& weights,
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> run_causal_lm(
+    const std::string& model_dir,
     const at::Tensor& input_ids,
     const std::optional<at::Tensor>& attention_mask,
     const std::optional<at::Tensor>& position_ids,
     std::optional<at::ScalarType> dtype,
     std::optional<at::Device> device,
     bool keep_resident) {
-  const auto config = nlohmann::json::parse(config_json);
-  const std::string origin = "config.json";
-  auto source = std::make_shared<TensorMapSource>();
-  for (const auto& entry : weights) {
-    source->set(entry.key(), entry.value());
-  }
   RuntimeOptions options;
   options.placement.dtype = dtype.value_or(at::kFloat);
   options.placement.device = device.value_or(at::kCPU);
   options.keep_resident = keep_resident;
-  const auto archs = config.value("architectures", nlohmann::json::array());
-  MOEQ_CHECK(archs.is_array() && !archs.empty() && archs[0].is_string(),
-             "{}: 'architectures' must be a non-empty list of names", origin);
-  auto build = find_builtin_architecture(archs[0].get<std::string>());
-  auto model = build(config, origin, source, options);
-
+  auto model = load_causal_lm(model_dir, options);
   auto recorder = std::make_shared<RoutingRecorder>();
   for (int64_t i = 0; i < model->num_layers(); ++i) {
     if (auto* moe = model->layer(i).moe()) {
@@ -66,8 +52,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> run_cau
 
 TORCH_LIBRARY_FRAGMENT(moeq, m) {
   m.def(
-      "run_causal_lm_tensors(str config_json, Dict(str, Tensor) weights, Tensor input_ids, "
-      "Tensor? attention_mask=None, Tensor? position_ids=None, ScalarType? dtype=None, "
-      "Device? device=None, bool keep_resident=False) -> (Tensor, Tensor[], Tensor[])",
-      &moeq::runtime::run_causal_lm_tensors);
+      "run_causal_lm(str model_dir, Tensor input_ids, Tensor? attention_mask=None, "
+      "Tensor? position_ids=None, ScalarType? dtype=None, Device? device=None, "
+      "bool keep_resident=False) -> (Tensor, Tensor[], Tensor[])",
+      &moeq::runtime::run_causal_lm);
 }

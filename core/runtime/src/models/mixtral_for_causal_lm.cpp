@@ -7,26 +7,21 @@
 
 namespace moeq::runtime {
 
-std::unique_ptr<CausalLM> build_mixtral_for_causal_lm(const nlohmann::json& json,
-                                                      const std::string& origin,
+std::unique_ptr<CausalLM> build_mixtral_for_causal_lm(const io::HfConfig& config,
                                                       std::shared_ptr<WeightSource> weights,
                                                       const RuntimeOptions& options) {
-  const detail::ConfigReader config(json, origin);
-  const auto hidden = config.get_int("hidden_size");
-  const auto num_layers = config.get_int("num_hidden_layers");
-  const auto heads = config.get_int("num_attention_heads");
+  const auto hidden = config.get<int64_t>("hidden_size");
+  const auto num_layers = config.get<int64_t>("num_hidden_layers");
+  const auto heads = config.get<int64_t>("num_attention_heads");
   const auto head_dim = detail::head_dim(config);
-  const auto eps = config.get_double("rms_norm_eps", 1e-5);
-  const auto act = config.get_string("hidden_act", "silu");
-  MOEQ_CHECK(act == "silu", "{}: hidden_act '{}' is not supported for MixtralForCausalLM (silu)",
-             origin, act);
+  const auto eps = config.get_or("rms_norm_eps", 1e-5);
 
   CausalLMConfig lm;
-  lm.vocab_size = config.get_int("vocab_size");
+  lm.vocab_size = config.get<int64_t>("vocab_size");
   lm.hidden_size = hidden;
   lm.num_layers = num_layers;
   lm.rms_norm_eps = eps;
-  lm.tie_word_embeddings = config.get_bool("tie_word_embeddings", false);
+  lm.tie_word_embeddings = config.get_or("tie_word_embeddings", false);
   lm.norm_type = "MixtralRMSNorm";
   auto model = std::make_unique<CausalLM>("MixtralForCausalLM", lm, std::move(weights), options);
 
@@ -37,21 +32,22 @@ std::unique_ptr<CausalLM> build_mixtral_for_causal_lm(const nlohmann::json& json
   AttentionOptions attention;
   attention.hidden_size = hidden;
   attention.num_heads = heads;
-  attention.num_kv_heads = config.get_int("num_key_value_heads", heads);
+  attention.num_kv_heads = config.get_or<int64_t>("num_key_value_heads", heads);
   attention.head_dim = head_dim;
   // A window, when set, applies to every layer (transformers picks the sliding mask for all).
-  attention.sliding_window = config.get_int("sliding_window", 0);
+  attention.sliding_window = config.get_or<int64_t>("sliding_window", 0);
 
   SoftmaxTopKOptions router;
   router.hidden_size = hidden;
-  router.num_experts = config.get_int_any({"num_local_experts", "num_experts"});
-  router.top_k = config.get_int("num_experts_per_tok");
+  router.num_experts = config.get_first<int64_t>({"num_local_experts", "num_experts"});
+  router.top_k = config.get<int64_t>("num_experts_per_tok");
   router.normalize_topk = true;             // Mixtral always renormalises its top-k
   router.weights_in_compute_dtype = false;  // and combines with fp32 weights
 
   GatedMlpOptions expert;
+  expert.activation = detail::activation(config, "MixtralForCausalLM");
   expert.hidden_size = hidden;
-  expert.intermediate_size = config.get_int("intermediate_size");
+  expert.intermediate_size = config.get<int64_t>("intermediate_size");
   expert.gate_name = "w1";
   expert.up_name = "w3";
   expert.down_name = "w2";

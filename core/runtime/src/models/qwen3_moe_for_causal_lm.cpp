@@ -9,26 +9,21 @@
 
 namespace moeq::runtime {
 
-std::unique_ptr<CausalLM> build_qwen3_moe_for_causal_lm(const nlohmann::json& json,
-                                                        const std::string& origin,
+std::unique_ptr<CausalLM> build_qwen3_moe_for_causal_lm(const io::HfConfig& config,
                                                         std::shared_ptr<WeightSource> weights,
                                                         const RuntimeOptions& options) {
-  const detail::ConfigReader config(json, origin);
-  const auto hidden = config.get_int("hidden_size");
-  const auto num_layers = config.get_int("num_hidden_layers");
-  const auto heads = config.get_int("num_attention_heads");
+  const auto hidden = config.get<int64_t>("hidden_size");
+  const auto num_layers = config.get<int64_t>("num_hidden_layers");
+  const auto heads = config.get<int64_t>("num_attention_heads");
   const auto head_dim = detail::head_dim(config);
-  const auto eps = config.get_double("rms_norm_eps", 1e-6);
-  const auto act = config.get_string("hidden_act", "silu");
-  MOEQ_CHECK(act == "silu", "{}: hidden_act '{}' is not supported for Qwen3MoeForCausalLM (silu)",
-             origin, act);
+  const auto eps = config.get_or("rms_norm_eps", 1e-6);
 
   CausalLMConfig lm;
-  lm.vocab_size = config.get_int("vocab_size");
+  lm.vocab_size = config.get<int64_t>("vocab_size");
   lm.hidden_size = hidden;
   lm.num_layers = num_layers;
   lm.rms_norm_eps = eps;
-  lm.tie_word_embeddings = config.get_bool("tie_word_embeddings", false);
+  lm.tie_word_embeddings = config.get_or("tie_word_embeddings", false);
   lm.norm_type = "Qwen3MoeRMSNorm";
   auto model = std::make_unique<CausalLM>("Qwen3MoeForCausalLM", lm, std::move(weights), options);
 
@@ -39,37 +34,39 @@ std::unique_ptr<CausalLM> build_qwen3_moe_for_causal_lm(const nlohmann::json& js
   AttentionOptions attention;
   attention.hidden_size = hidden;
   attention.num_heads = heads;
-  attention.num_kv_heads = config.get_int("num_key_value_heads", heads);
+  attention.num_kv_heads = config.get_or<int64_t>("num_key_value_heads", heads);
   attention.head_dim = head_dim;
-  attention.qkv_bias = config.get_bool("attention_bias", false);
+  attention.qkv_bias = config.get_or("attention_bias", false);
   attention.o_bias = attention.qkv_bias;
   attention.qk_norm = true;
   attention.qk_norm_type = "Qwen3MoeRMSNorm";
   attention.qk_norm_eps = eps;
   // With use_sliding_window, every layer gets the window (transformers' single mask function).
-  attention.sliding_window =
-      config.get_bool("use_sliding_window", false) ? config.get_int("sliding_window", 4096) : 0;
+  attention.sliding_window = config.get_or("use_sliding_window", false)
+                                 ? config.get_or<int64_t>("sliding_window", 4096)
+                                 : 0;
 
-  const auto num_experts = config.get_int_any({"num_experts", "num_local_experts"});
-  const auto sparse_step = config.get_int("decoder_sparse_step", 1);
-  MOEQ_CHECK(sparse_step > 0, "{}: decoder_sparse_step must be positive, got {}", origin,
-             sparse_step);
-  const auto mlp_only = config.get_int_list("mlp_only_layers");
+  const auto num_experts = config.get_first<int64_t>({"num_experts", "num_local_experts"});
+  const auto sparse_step = config.get_or<int64_t>("decoder_sparse_step", 1);
+  MOEQ_CHECK(sparse_step > 0, "config '{}': decoder_sparse_step must be positive, got {}",
+             config.source(), sparse_step);
+  const auto mlp_only = config.get_or<std::vector<int64_t>>("mlp_only_layers", {});
 
   SoftmaxTopKOptions router;
   router.hidden_size = hidden;
   router.num_experts = num_experts;
-  router.top_k = num_experts > 0 ? config.get_int("num_experts_per_tok") : 0;
-  router.normalize_topk = config.get_bool("norm_topk_prob", false);
+  router.top_k = num_experts > 0 ? config.get<int64_t>("num_experts_per_tok") : 0;
+  router.normalize_topk = config.get_or("norm_topk_prob", false);
   router.weights_in_compute_dtype = true;
 
   GatedMlpOptions expert;
+  expert.activation = detail::activation(config, "Qwen3MoeForCausalLM");
   expert.hidden_size = hidden;
-  expert.intermediate_size = num_experts > 0 ? config.get_int("moe_intermediate_size") : 0;
+  expert.intermediate_size = num_experts > 0 ? config.get<int64_t>("moe_intermediate_size") : 0;
 
   GatedMlpOptions dense;
   dense.hidden_size = hidden;
-  dense.intermediate_size = config.get_int("intermediate_size");
+  dense.intermediate_size = config.get<int64_t>("intermediate_size");
 
   for (int64_t i = 0; i < num_layers; ++i) {
     const auto prefix = fmt::format("model.layers.{}", i);

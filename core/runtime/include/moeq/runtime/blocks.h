@@ -69,8 +69,7 @@ class ForwardContext {
   std::map<const RotaryEmbedding*, std::pair<at::Tensor, at::Tensor>> rope_;
 };
 
-// ---- leaves
-// --------------------------------------------------------------------------------------
+// ---- leaves -------------------------------------------------------------------------------------
 
 // nn.Embedding.
 class Embedding : public Module {
@@ -126,8 +125,7 @@ class RMSNorm : public Module {
   double eps_;
 };
 
-// ---- rotary embeddings
-// ---------------------------------------------------------------------------
+// ---- rotary embeddings --------------------------------------------------------------------------
 
 enum class RopeType {
   kDefault,  // inv_freq = 1 / theta^(2i/d)
@@ -173,8 +171,7 @@ class RotaryEmbedding {
   double attention_scaling_ = 1.0;
 };
 
-// ---- attention
-// -----------------------------------------------------------------------------------
+// ---- attention ----------------------------------------------------------------------------------
 
 struct AttentionOptions {
   int64_t hidden_size = 0;
@@ -227,8 +224,7 @@ class Attention : public SelfAttention {
   RMSNorm* k_norm_ = nullptr;
 };
 
-// ---- feed-forward
-// ----------------------------------------------------------------------------------
+// ---- feed-forward -------------------------------------------------------------------------------
 
 // What a decoder layer calls for its MLP: a dense MLP or a sparse MoE block.
 class FeedForward : public Module {
@@ -269,8 +265,7 @@ class GatedMlp : public FeedForward {
   Linear* down_;
 };
 
-// ---- routing
-// ---------------------------------------------------------------------------------------
+// ---- routing ------------------------------------------------------------------------------------
 
 // What a router decides for T tokens over E experts, top k.
 struct RouterOutput {
@@ -318,8 +313,7 @@ class SoftmaxTopKRouter : public Router {
   fn::WeightRef ref_;
 };
 
-// ---- experts
-// -----------------------------------------------------------------------------------------
+// ---- experts ------------------------------------------------------------------------------------
 
 class Experts : public Module {
  public:
@@ -417,8 +411,7 @@ class SparseMoeBlock : public FeedForward {
   std::vector<std::shared_ptr<MoeHook>> hooks_;
 };
 
-// ---- decoder layer
-// ---------------------------------------------------------------------------------
+// ---- decoder layer ------------------------------------------------------------------------------
 
 // Pre-norm residual block: h += attn(norm1(h)); h += mlp(norm2(h)).
 class DecoderLayer : public Module {

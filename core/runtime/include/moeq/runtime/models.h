@@ -7,7 +7,9 @@
 #include <moeq/runtime/causal_lm.h>
 #include <moeq/runtime/weight_source.h>
 
-#include <nlohmann/json_fwd.hpp>
+#include <moeq/io/hf_config.h>
+
+#include <filesystem>
 
 #include <memory>
 #include <string>
@@ -16,31 +18,27 @@
 
 namespace moeq::runtime {
 
-// `config`: the parsed config.json; `origin` names it in error messages.
-using CausalLMBuilder = std::unique_ptr<CausalLM> (*)(const nlohmann::json& config,
-                                                      const std::string& origin,
+// `config`: config.json; `weights`: where the layers read their tensors from.
+using CausalLMBuilder = std::unique_ptr<CausalLM> (*)(const io::HfConfig& config,
                                                       std::shared_ptr<WeightSource> weights,
                                                       const RuntimeOptions& options);
 
 // MixtralForCausalLM: model.layers.{i}.block_sparse_moe.gate.weight,
 // .block_sparse_moe.experts.{e}.w1/w2/w3.weight; softmax top-k, always renormalised.
-std::unique_ptr<CausalLM> build_mixtral_for_causal_lm(const nlohmann::json& config,
-                                                      const std::string& origin,
+std::unique_ptr<CausalLM> build_mixtral_for_causal_lm(const io::HfConfig& config,
                                                       std::shared_ptr<WeightSource> weights,
                                                       const RuntimeOptions& options);
 
 // Qwen2MoeForCausalLM: mlp.gate, mlp.experts.{e}.gate_proj/up_proj/down_proj, mlp.shared_expert.*
 // with the sigmoid mlp.shared_expert_gate; q/k/v biases; dense layers per mlp_only_layers and
 // decoder_sparse_step; sliding window per layer_types.
-std::unique_ptr<CausalLM> build_qwen2_moe_for_causal_lm(const nlohmann::json& config,
-                                                        const std::string& origin,
+std::unique_ptr<CausalLM> build_qwen2_moe_for_causal_lm(const io::HfConfig& config,
                                                         std::shared_ptr<WeightSource> weights,
                                                         const RuntimeOptions& options);
 
 // Qwen3MoeForCausalLM: as Qwen2-MoE without shared experts, with q_norm/k_norm and
 // norm_topk_prob.
-std::unique_ptr<CausalLM> build_qwen3_moe_for_causal_lm(const nlohmann::json& config,
-                                                        const std::string& origin,
+std::unique_ptr<CausalLM> build_qwen3_moe_for_causal_lm(const io::HfConfig& config,
                                                         std::shared_ptr<WeightSource> weights,
                                                         const RuntimeOptions& options);
 
@@ -55,5 +53,10 @@ const std::vector<BuiltinArchitecture>& builtin_architectures();
 
 // The builder for `architecture`, or an error listing the known ones.
 CausalLMBuilder find_builtin_architecture(std::string_view architecture);
+
+// A model directory (config.json + safetensors, single or sharded) with a built-in builder,
+// reading its weights through a memory-mapped CheckpointSource.
+std::unique_ptr<CausalLM> load_causal_lm(const std::filesystem::path& model_dir,
+                                         const RuntimeOptions& options);
 
 }  // namespace moeq::runtime

@@ -6,10 +6,15 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
+
+namespace moeq::io {
+class SafetensorsCheckpoint;
+}
 
 namespace moeq::runtime {
 
@@ -40,6 +45,27 @@ class TensorMapSource final : public WeightSource {
 
  private:
   std::map<std::string, at::Tensor> tensors_;
+};
+
+// A Hugging Face checkpoint on disk (model.safetensors, or shards with
+// model.safetensors.index.json): get() returns zero-copy views of the mapped files.
+class CheckpointSource final : public WeightSource {
+ public:
+  // A model directory, an index file, or one .safetensors file.
+  explicit CheckpointSource(const std::filesystem::path& path);
+  explicit CheckpointSource(std::shared_ptr<const io::SafetensorsCheckpoint> checkpoint,
+                            std::string description);
+  ~CheckpointSource() override;
+
+  at::Tensor get(const std::string& name) override;
+  bool has(const std::string& name) const override;
+  std::vector<std::string> names() const override;
+  std::string describe() const override { return description_; }
+  const io::SafetensorsCheckpoint& checkpoint() const { return *checkpoint_; }
+
+ private:
+  std::shared_ptr<const io::SafetensorsCheckpoint> checkpoint_;
+  std::string description_;
 };
 
 }  // namespace moeq::runtime
