@@ -27,14 +27,22 @@ inline at::Tensor raw(const at::Tensor& t) {
   }
 }
 
-// Same shape, dtype and bits (NaNs with equal payloads compare equal).
+// Same shape, dtype and bits; a NaN equals any NaN (payload and sign of a NaN differ between the
+// CPU and the GPU, e.g. for 0 * inf).
 inline ::testing::AssertionResult bits_equal(const at::Tensor& a, const at::Tensor& b) {
   if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type()) {
     return ::testing::AssertionFailure()
            << "shape/dtype differ: " << a.sizes() << " " << a.scalar_type() << " vs " << b.sizes()
            << " " << b.scalar_type();
   }
-  const at::Tensor diff = (raw(a).reshape(-1) != raw(b).reshape(-1)).nonzero();
+  at::Tensor differ = raw(a).reshape(-1) != raw(b).reshape(-1);
+  if (a.is_floating_point()) {
+    const auto nan = [](const at::Tensor& t) {
+      return t.cpu().contiguous().reshape(-1).to(at::kFloat).isnan();
+    };
+    differ &= ~(nan(a) & nan(b));
+  }
+  const at::Tensor diff = differ.nonzero();
   if (diff.size(0) == 0) {
     return ::testing::AssertionSuccess();
   }
