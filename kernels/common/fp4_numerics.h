@@ -77,9 +77,9 @@ MOEQ_HOST_DEVICE MOEQ_INLINE float e2m1_round_down(float a) {
   const float step = c < 2.0f ? 0.5f : (c < 4.0f ? 1.0f : 2.0f);
   const float inv = c < 2.0f ? 2.0f : (c < 4.0f ? 1.0f : 0.5f);
 #if defined(__CUDA_ARCH__)
-  return ::ceilf(c * inv - 0.5f) * step;
+  return ::ceilf(c * inv - 0.5f) * step + 0.0f;  // ceil(-0.5) is -0.0: make zero +0
 #else
-  return std::ceil(c * inv - 0.5f) * step;
+  return std::ceil(c * inv - 0.5f) * step + 0.0f;
 #endif
 }
 // The 3-bit index of an E2M1 magnitude.
