@@ -750,7 +750,8 @@ void launch(const SourceMxfp4Problem& p, cudaStream_t stream) {
 void launch(const PackProblem& p, cudaStream_t stream) {
   const int64_t rows = p.in.batch * p.in.rows;
   const int64_t n = rows * p.in.cols;  // input bytes
-  if (dense_rows(p.in, p.in_data, 16) && p.in.cols % 16 == 0 && aligned(p.out, 16)) {
+  const bool flat = p.in.batch == 1 || batch_stride(p.in) == p.in.rows * p.in.cols;
+  if (flat && dense_rows(p.in, p.in_data, 16) && p.in.cols % 16 == 0 && aligned(p.out, 16)) {
     const int64_t total = n / 16;
     pack_dense_kernel<<<blocks_for(total), kThreads, 0, stream>>>(p, total);
     check_launch("pack_dense_kernel");
