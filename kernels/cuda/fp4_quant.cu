@@ -346,7 +346,7 @@ struct ColShape {
 
 // grid: x over (row chunk, group) with the row chunk fastest, y = matrix.
 template <typename S, typename T>
-__global__ void __launch_bounds__(kThreads, 4) col_kernel(const GroupProblem p, int32_t total) {
+__global__ void __launch_bounds__(kThreads, 2) col_kernel(const GroupProblem p, int32_t total) {
   constexpr int G = ColShape<S, T>::G;
   constexpr int R = ColShape<S, T>::R;
   const int32_t t = static_cast<int32_t>(blockIdx.x) * kThreads + threadIdx.x;
