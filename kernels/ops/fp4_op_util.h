@@ -12,6 +12,7 @@
 #include "common/fp4_problem.h"
 #include "moeq/core/error.h"
 #include "moeq/kernels/fp4_quant.h"
+#include "ops/common.h"
 
 #ifdef MOEQ_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -26,13 +27,7 @@ using fp4::DType;
 using fp4::MatrixLayout;
 using fp4::Status;
 
-inline std::string shape_str(at::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) {
-    out += (i ? ", " : "") + std::to_string(s[i]);
-  }
-  return out + "]";
-}
+using detail::shape_str;  // one shape formatter for the whole op layer (ops/common.h)
 
 inline const char* convention_name(Convention c) {
   return c == Convention::kModelOpt ? "modelopt" : "compressed_tensors";
