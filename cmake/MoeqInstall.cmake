@@ -21,6 +21,10 @@ install(TARGETS moeq_base moeq_registry moeq_sdk EXPORT moeqTargets
   ARCHIVE DESTINATION "${CMAKE_INSTALL_LIBDIR}"
   RUNTIME DESTINATION "${CMAKE_INSTALL_BINDIR}"
   INCLUDES DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}")
+# Libraries the installed moeq tool runs on that plugins do not link: installed, not exported.
+set_target_properties(moeq_kernels moeq_quant PROPERTIES
+  INSTALL_RPATH "$ORIGIN;${MOEQ_TORCH_LIB_DIR}" INSTALL_RPATH_USE_LINK_PATH ON)
+install(TARGETS moeq_kernels moeq_quant LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}")
 install(DIRECTORY "${PROJECT_SOURCE_DIR}/core/include/moeq/core"
                   "${PROJECT_SOURCE_DIR}/registry/include/moeq/registry"
         DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/moeq"

@@ -79,6 +79,11 @@ find_library(MOEQ_TORCH_CPU_LIBRARY torch_cpu PATHS "${_moeq_torch_root}/lib" NO
 list(APPEND _moeq_torch_libs "${MOEQ_C10_LIBRARY}" "${MOEQ_TORCH_CPU_LIBRARY}")
 list(REMOVE_DUPLICATES _moeq_torch_libs)
 target_link_libraries(moeq_torch INTERFACE ${_moeq_torch_libs})
+# libtorch exports its own copy of std::filesystem, built against a newer libstdc++ than the
+# system's (std::filesystem::remove_all then jumps to a null pointer). Putting the system
+# libstdc++ first among the needed libraries makes its definitions win symbol lookup.
+target_link_options(moeq_torch INTERFACE "LINKER:--push-state,--no-as-needed" "-lstdc++"
+                    "LINKER:--pop-state")
 target_include_directories(moeq_torch SYSTEM INTERFACE
   "${MOEQ_TORCH_INCLUDE_MIRROR}"
   "${_moeq_torch_include}/torch/csrc/api/include")
