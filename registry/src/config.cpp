@@ -6,28 +6,6 @@ namespace moeq {
 
 namespace fs = std::filesystem;
 
-std::string_view to_string(CalibrationMode mode) {
-  switch (mode) {
-    case CalibrationMode::kAll:
-      return "all";
-    case CalibrationMode::kRouted:
-      return "routed";
-    case CalibrationMode::kRatio:
-      return "ratio";
-  }
-  return "?";
-}
-
-std::string_view to_string(ExportFormat format) {
-  switch (format) {
-    case ExportFormat::kCompressedTensors:
-      return "compressed-tensors";
-    case ExportFormat::kModelOpt:
-      return "modelopt";
-  }
-  return "?";
-}
-
 namespace {
 
 // "auto", "cpu", "cuda" or "cuda:N".

@@ -65,21 +65,16 @@ std::string join_keys(const std::vector<std::string>& keys) {
 
 }  // namespace detail
 
-std::string_view to_string(Tier tier) {
-  switch (tier) {
-    case Tier::kEasy:
-      return "easy";
-    case Tier::kMid:
-      return "mid";
-    case Tier::kHard:
-      return "hard";
-  }
-  return "unknown";
-}
-
 // Key functions: the interfaces' vtables and type_info live here, in the host.
-ModuleAdapter::~ModuleAdapter() = default;
 ArchitectureBuilder::~ArchitectureBuilder() = default;
+
+std::unique_ptr<runtime::CausalLM> ArchitectureBuilder::build(
+    const io::HfConfig& /*config*/,
+    std::shared_ptr<runtime::WeightSource> /*weights*/,
+    const runtime::RuntimeOptions& /*options*/) const {
+  MOEQ_CHECK(false, "architecture '{}' builds no model ({})", key(), describe());
+  return nullptr;
+}
 CheckpointMapping::~CheckpointMapping() = default;
 SourceFormatHandler::~SourceFormatHandler() = default;
 

@@ -25,16 +25,14 @@
 
 #include "moeq/registry/schema.h"
 
+#include <moeq/export/exporter.h>
+#include <moeq/pipeline/calibration.h>
+
 namespace moeq {
 
 class PluginManager;
 
-enum class CalibrationMode { kAll, kRouted, kRatio };
-enum class ExportFormat { kCompressedTensors, kModelOpt };
-
-// "all", "routed", "ratio"; "compressed-tensors", "modelopt".
-std::string_view to_string(CalibrationMode mode);
-std::string_view to_string(ExportFormat format);
+using exporting::ExportFormat;
 
 // A `plugins` entry: a name or a path, with where it is written.
 struct PluginSpec {

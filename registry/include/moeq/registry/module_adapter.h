@@ -1,43 +1,5 @@
-// ModuleAdapter: what a plugin registers for one MoE module type (a Hugging Face class name users
-// know: "MixtralSparseMoeBlock", "GptOssExperts", "DeepseekV3MoE"). This is the minimal interface
-// the registry needs; the adapters work (adapters/) extends it with the calibration and
-// quantization hooks.
-//
-// ABI rules (docs/plugins.md): virtual destructor; new virtual functions only at the end; no
-// default arguments on virtual functions; objects are created by the plugin's factory and handed
-// to the host as unique_ptr, which Registry::create wraps so the library stays loaded.
+// ModuleAdapter and Tier are declared with the pipeline that calls them (core/pipeline); this
+// header keeps the registry's include path for plugins.
 #pragma once
 
-#include <boost/config.hpp>
-
-#include <functional>
-#include <memory>
-#include <string>
-#include <string_view>
-
-namespace moeq {
-
-// How much of the pipeline an adapter owns (DESIGN.md, "Modules, adapters and the three tiers").
-enum class Tier {
-  kEasy = 0,  // sparse MoE block: a router and per-expert MLPs with separate projections
-  kMid = 1,   // fused experts: 3-D parameters run through bmm/matmul, intercepted
-  kHard = 2,  // pipeline stages: source dequantization, MLA, grouped routing, layers to skip
-};
-
-// "easy", "mid", "hard".
-std::string_view to_string(Tier tier);
-
-class BOOST_SYMBOL_VISIBLE ModuleAdapter {
- public:
-  virtual ~ModuleAdapter();
-
-  // The registry key this adapter handles, e.g. "MixtralSparseMoeBlock".
-  virtual std::string type_key() const = 0;
-  virtual Tier tier() const = 0;
-  // One line for `moeq plugins` and `moeq inspect`.
-  virtual std::string describe() const = 0;
-};
-
-using ModuleAdapterFactory = std::function<std::unique_ptr<ModuleAdapter>()>;
-
-}  // namespace moeq
+#include <moeq/pipeline/module_adapter.h>

@@ -1,0 +1,72 @@
+// Exporters: the pipeline hands each layer's tensors to an exporter as soon as the layer is
+// quantized, and the exporter streams them into a checkpoint that serving engines load:
+// compressed-tensors (vLLM, SGLang, transformers) or ModelOpt's unified HF format (TensorRT-LLM,
+// vLLM, SGLang). The checkpoint is built under a temporary name next to the output and renamed
+// when finish() succeeds; on any error (or when the exporter is destroyed without finish()) the
+// temporary directory is removed and nothing under the final name changes.
+#pragma once
+
+#include <moeq/quant/scheme.h>
+#include <moeq/quant/tensor_quantizer.h>
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moeq::exporting {
+
+enum class ExportFormat { kCompressedTensors, kModelOpt };
+
+// "compressed-tensors", "modelopt".
+std::string_view to_string(ExportFormat format);
+ExportFormat parse_export_format(std::string_view text);
+
+struct ExportOptions {
+  ExportFormat format = ExportFormat::kCompressedTensors;
+  std::filesystem::path model_dir;  // the source checkpoint: config.json, tokenizer files ...
+  std::filesystem::path output;     // the final directory; must not exist unless overwrite
+  bool overwrite = false;
+  int64_t shard_size = int64_t{5} << 30;  // bytes per safetensors shard
+  quant::QuantScheme scheme;              // the scheme every quantized module uses
+  std::string scheme_name;                // "NVFP4", for metadata
+};
+
+// What the pipeline knows at the end.
+struct ExportSummary {
+  // Linear modules left in high precision (routers, shared-expert gates, lm_head, ignored
+  // modules), written to quantization_config's `ignore` / hf_quant_config's `exclude_modules`.
+  std::vector<std::string> ignored_modules;
+  // Extra key/values for the safetensors metadata and the config (moeq version, recipe).
+  std::vector<std::pair<std::string, std::string>> metadata;
+};
+
+class Exporter {
+ public:
+  virtual ~Exporter();
+
+  // A quantized Linear: `module` is its checkpoint prefix ("model.layers.0.mlp.experts.3.w1"),
+  // `weight` its high-precision weight [out, in] (the source dtype), `weight_quantizer` holds the
+  // calibrated statistics, `input_quantizer` the shared input statistics (nullptr when the
+  // scheme quantizes no activations). `bias` is written unquantized when defined.
+  virtual void add_quantized(const std::string& module,
+                             const at::Tensor& weight,
+                             quant::TensorQuantizer& weight_quantizer,
+                             quant::TensorQuantizer* input_quantizer,
+                             const at::Tensor& bias) = 0;
+  // A tensor written as is (norms, embeddings, routers, ignored modules), under `name`.
+  virtual void add_tensor(const std::string& name, const at::Tensor& tensor) = 0;
+  // Checks the invariants over everything added (gate/up share NVFP4 global scales, a block's
+  // experts share input scales, engine constraints), writes the index, config.json with the
+  // quantization config, the copied side files, and renames into place. Returns the output.
+  virtual std::filesystem::path finish(const ExportSummary& summary) = 0;
+  // Bytes of tensor data written so far.
+  virtual int64_t bytes_written() const = 0;
+};
+
+std::unique_ptr<Exporter> make_exporter(const ExportOptions& options);
+
+}  // namespace moeq::exporting

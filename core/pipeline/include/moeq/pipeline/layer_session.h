@@ -1,0 +1,106 @@
+// LayerSession: one decoder layer's calibration and quantization. It decides which projections
+// are quantized (TargetRules), holds their quantizers (one weight quantizer per projection, one
+// input quantizer per input group: the experts of a block share one per projection), lets
+// adapters attach to the layer's MoE modules, and provides the functional overrides the pipeline
+// runs the layer under: observing during calibration, fake-quantizing during the quantized
+// forward. Calls are matched by their WeightRef (the weight's checkpoint name), never by order.
+#pragma once
+
+#include <moeq/pipeline/calibration.h>
+#include <moeq/pipeline/module_adapter.h>
+#include <moeq/quant/scheme.h>
+#include <moeq/quant/tensor_quantizer.h>
+#include <moeq/runtime/blocks.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moeq::pipeline {
+
+// Which Linear weights are quantized. Routers, shared-expert gates and the LM head never are;
+// everything else that `ignore` does not name is.
+struct TargetRules {
+  quant::QuantScheme scheme;
+  // compressed-tensors' ignore entries: a module name ("model.layers.0.self_attn.q_proj") or
+  // "re:<regex>" matched against the whole module name.
+  std::vector<std::string> ignore;
+  // Leave attention projections in high precision (expert-only recipes).
+  bool skip_attention = false;
+  // Leave shared experts and dense MLPs in high precision.
+  bool skip_dense_mlp = false;
+
+  bool ignored(const std::string& module_name, fn::ProjKind kind, int64_t expert) const;
+};
+
+// One quantized projection.
+struct QuantTarget {
+  std::string module;  // "model.layers.0.block_sparse_moe.experts.3.w1"
+  runtime::Linear* linear = nullptr;
+  fn::ProjKind kind = fn::ProjKind::kOther;
+  int64_t expert = fn::WeightRef::kNoExpert;
+  std::string block;        // the MoE block's prefix for routed experts, "" otherwise
+  std::string input_group;  // targets sharing one input quantizer
+  std::unique_ptr<quant::TensorQuantizer> weight;
+  quant::TensorQuantizer* input = nullptr;  // owned by the session; nullptr: no activations
+  int64_t rows_seen = 0;                    // calibration rows this projection computed on
+  at::Tensor fake_weight;                   // after finish_calibration()
+  double weight_error = 0.0;                // relative RMS error of fake_weight
+};
+
+class LayerSession {
+ public:
+  // Looks adapters up by module type; nullptr when none is registered.
+  using AdapterLookup = std::function<ModuleAdapter*(const std::string& type)>;
+
+  LayerSession(runtime::DecoderLayer& layer,
+               const TargetRules& rules,
+               const CalibrationOptions& calibration);
+  ~LayerSession();
+  LayerSession(const LayerSession&) = delete;
+  LayerSession& operator=(const LayerSession&) = delete;
+
+  // Attaches the registered adapter of every module in the layer that has one. Returns the
+  // number of modules claimed.
+  int64_t attach_adapters(const AdapterLookup& lookup);
+  // Adapters call this to undo their attachment when the session ends (in reverse order).
+  void on_detach(std::function<void()> undo);
+  void detach_all();
+
+  // ---- for adapters ----
+  const CalibrationOptions& calibration() const { return calibration_; }
+  runtime::DecoderLayer& layer() { return layer_; }
+  ExpertCoverage& add_coverage(const std::string& block,
+                               const std::string& adapter,
+                               int64_t num_experts);
+
+  // ---- for the pipeline ----
+  // Observes every target's input (rows counted) and passes the call through.
+  fn::Handlers calibration_handlers();
+  // Computes scales: observes each weight, shares NVFP4 global scales between gate and up (and
+  // q/k/v), marks experts under min_tokens as fallbacks (warning), fake-quantizes the weights.
+  // A NaN or Inf is an error naming the tensor.
+  void finish_calibration();
+  // Runs targets with their fake-quantized weights and inputs.
+  fn::Handlers quantized_handlers();
+
+  std::vector<QuantTarget>& targets() { return targets_; }
+  std::vector<ExpertCoverage>& coverage() { return coverage_; }
+  const TargetRules& rules() const { return rules_; }
+
+ private:
+  QuantTarget* find(std::string_view weight_name);
+
+  runtime::DecoderLayer& layer_;
+  const TargetRules& rules_;
+  CalibrationOptions calibration_;
+  std::vector<QuantTarget> targets_;
+  std::map<std::string, size_t, std::less<>> by_weight_;  // weight name -> targets_ index
+  std::map<std::string, std::unique_ptr<quant::TensorQuantizer>> inputs_;  // by input group
+  std::vector<ExpertCoverage> coverage_;
+  std::vector<std::function<void()>> undo_;
+};
+
+}  // namespace moeq::pipeline
