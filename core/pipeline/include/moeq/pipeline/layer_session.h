@@ -46,7 +46,8 @@ struct QuantTarget {
   std::unique_ptr<quant::TensorQuantizer> weight;
   quant::TensorQuantizer* input = nullptr;  // owned by the session; nullptr: no activations
   int64_t rows_seen = 0;                    // calibration rows this projection computed on
-  at::Tensor fake_weight;                   // after finish_calibration()
+  at::Tensor source_weight;                 // the stored weight, on the compute device
+  at::Tensor fake_weight;                   // after finish_calibration(), compute dtype
   double weight_error = 0.0;                // relative RMS error of fake_weight
 };
 
@@ -55,7 +56,10 @@ class LayerSession {
   // Looks adapters up by module type; nullptr when none is registered.
   using AdapterLookup = std::function<ModuleAdapter*(const std::string& type)>;
 
+  // `weights`: the checkpoint the layer was loaded from; weights are quantized in their stored
+  // dtype (what the engines will decompress), not the compute dtype.
   LayerSession(runtime::DecoderLayer& layer,
+               runtime::WeightSource& weights,
                const TargetRules& rules,
                const CalibrationOptions& calibration);
   ~LayerSession();
@@ -94,6 +98,7 @@ class LayerSession {
   QuantTarget* find(std::string_view weight_name);
 
   runtime::DecoderLayer& layer_;
+  runtime::WeightSource& weights_;
   const TargetRules& rules_;
   CalibrationOptions calibration_;
   std::vector<QuantTarget> targets_;

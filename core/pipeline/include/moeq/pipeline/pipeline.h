@@ -1,0 +1,120 @@
+// The layer-sequential pipeline (DESIGN.md, "The pipeline"): embed the calibration tokens, then
+// for each decoder layer load its weights from the mapped checkpoint, attach the adapters, run
+// the calibration activations (observers see them), compute the scales, rerun the layer
+// quantized to produce the next layer's inputs, hand the layer's quantized projections to the
+// exporter and release the layer. Peak memory is one layer plus activations.
+//
+// When evaluation tokens are given, two more streams run alongside, layer by layer: the original
+// model and the quantized one (fake quantization in process), so the end of the run can report
+// the KL divergence of their next-token distributions without a second pass over the model.
+#pragma once
+
+#include <moeq/export/exporter.h>
+#include <moeq/io/hf_config.h>
+#include <moeq/pipeline/calibration.h>
+#include <moeq/pipeline/layer_session.h>
+#include <moeq/runtime/causal_lm.h>
+
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moeq::pipeline {
+
+using ModelBuilder = std::function<std::unique_ptr<runtime::CausalLM>(
+    const io::HfConfig& config,
+    std::shared_ptr<runtime::WeightSource> weights,
+    const runtime::RuntimeOptions& options)>;
+
+struct PipelineOptions {
+  std::filesystem::path model_dir;
+  runtime::Placement placement;
+  TargetRules rules;
+  CalibrationOptions calibration;
+  std::vector<at::Tensor> calibration_batches;  // input_ids [b, S] int64 each
+  std::vector<at::Tensor> eval_batches;         // optional held-out input_ids [b, S]
+  // The next layer sees the quantized layer's output (errors compound as at inference); false:
+  // it sees the original layer's output.
+  bool propagate_quantized = true;
+  // Keep calibration activations on the host between layers (models whose activations do not
+  // fit next to a layer on the GPU).
+  bool offload_activations = false;
+  exporting::ExportOptions export_options;
+  bool write_checkpoint = true;  // false: calibrate, quantize and evaluate only
+};
+
+// One quantized projection, for the report.
+struct ProjectionResult {
+  std::string module;
+  std::string block;  // "" outside routed experts
+  int64_t expert = -1;
+  std::string kind;   // "gate", "up", "down", "q", ...
+  double weight_error = 0.0;
+  int64_t rows_seen = 0;
+  bool fallback = false;
+};
+
+struct LayerResult {
+  int64_t index = 0;
+  double seconds = 0.0;
+  int64_t tokens = 0;
+  std::vector<ExpertCoverage> coverage;
+  std::vector<ProjectionResult> projections;
+  // Relative RMS error of the quantized layer's output against the original layer's output on
+  // the same (calibration) inputs.
+  double output_error = 0.0;
+  // The same on the evaluation stream (inputs that themselves carry the earlier layers' error).
+  double eval_hidden_error = 0.0;
+};
+
+struct EvalResult {
+  int64_t tokens = 0;
+  double kl_mean = 0.0, kl_p50 = 0.0, kl_p90 = 0.0, kl_p99 = 0.0, kl_max = 0.0;
+  double ppl_reference = 0.0, ppl_quantized = 0.0;
+  double top1_agreement = 0.0;
+  at::Tensor logits_reference;  // [N, S, V] fp32, CPU (kept only when asked)
+  at::Tensor logits_quantized;
+};
+
+struct PipelineResult {
+  std::string architecture;
+  int64_t calibration_tokens = 0;
+  std::vector<LayerResult> layers;
+  std::optional<EvalResult> eval;
+  double seconds = 0.0;
+  int64_t peak_device_bytes = 0;  // CUDA only
+  int64_t quantized_parameters = 0;
+  int64_t output_bytes = 0;
+  std::filesystem::path output;
+  std::vector<std::string> ignored_modules;
+};
+
+// Called as the run goes: a layer started (total batches), a batch finished, a layer finished.
+struct PipelineProgress {
+  std::function<void(int64_t layer, int64_t num_layers, int64_t batches)> layer_begin;
+  std::function<void(int64_t batch_done, int64_t tokens_done)> batch_done;
+  std::function<void(const LayerResult&)> layer_end;
+};
+
+class Pipeline {
+ public:
+  Pipeline(PipelineOptions options, ModelBuilder build, LayerSession::AdapterLookup adapters);
+  PipelineResult run(const PipelineProgress& progress = {});
+  // Keep the evaluation logits in the result (tests, --save-eval-logits).
+  void keep_eval_logits(bool keep) { keep_eval_logits_ = keep; }
+
+ private:
+  PipelineOptions options_;
+  ModelBuilder build_;
+  LayerSession::AdapterLookup adapters_;
+  bool keep_eval_logits_ = false;
+};
+
+// KL(reference || quantized) per position from two logits tensors [..., V] (fp32 math).
+at::Tensor kl_divergence(const at::Tensor& reference_logits, const at::Tensor& quantized_logits);
+
+}  // namespace moeq::pipeline

@@ -1,0 +1,309 @@
+// The layer-sequential driver (pipeline.h).
+#include "moeq/pipeline/pipeline.h"
+
+#include <moeq/core/error.h>
+#include <moeq/core/log.h>
+#include <moeq/runtime/functional.h>
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <set>
+
+namespace moeq::pipeline {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::string_view kind_name(fn::ProjKind kind) {
+  switch (kind) {
+    case fn::ProjKind::kQ:
+      return "q";
+    case fn::ProjKind::kK:
+      return "k";
+    case fn::ProjKind::kV:
+      return "v";
+    case fn::ProjKind::kO:
+      return "o";
+    case fn::ProjKind::kGate:
+      return "gate";
+    case fn::ProjKind::kUp:
+      return "up";
+    case fn::ProjKind::kDown:
+      return "down";
+    case fn::ProjKind::kGateUp:
+      return "gate_up";
+    case fn::ProjKind::kRouter:
+      return "router";
+    case fn::ProjKind::kSharedExpertGate:
+      return "shared_expert_gate";
+    case fn::ProjKind::kHead:
+      return "head";
+    case fn::ProjKind::kOther:
+      break;
+  }
+  return "other";
+}
+
+double relative_rms(const at::Tensor& approx, const at::Tensor& exact) {
+  const double denom = exact.to(at::kDouble).norm().item<double>();
+  const double num = (approx.to(at::kDouble) - exact.to(at::kDouble)).norm().item<double>();
+  return denom > 0.0 ? num / denom : num;
+}
+
+// Activations between layers: on the compute device, or parked on the host.
+struct Stream {
+  std::vector<at::Tensor> hidden;
+  std::vector<runtime::ForwardContext> contexts;
+};
+
+double quantile(const at::Tensor& sorted, double q) {
+  const auto n = sorted.numel();
+  if (n == 0) {
+    return 0.0;
+  }
+  const auto i = std::min<int64_t>(n - 1, static_cast<int64_t>(q * static_cast<double>(n - 1) + 0.5));
+  return sorted[i].item<double>();
+}
+
+// Cross-entropy of next-token predictions: logits [N, S, V], ids [N, S]; sums nats and counts.
+std::pair<double, int64_t> next_token_nll(const at::Tensor& logits, const at::Tensor& ids) {
+  if (logits.size(1) < 2) {
+    return {0.0, 0};
+  }
+  const auto v = logits.size(-1);
+  auto pred = logits.narrow(1, 0, logits.size(1) - 1).reshape({-1, v}).to(at::kFloat);
+  auto target = ids.narrow(1, 1, ids.size(1) - 1).reshape(-1).to(pred.device(), at::kLong);
+  auto nll = at::cross_entropy_loss(pred, target, /*weight=*/{}, at::Reduction::Sum);
+  return {nll.item<double>(), target.numel()};
+}
+
+}  // namespace
+
+at::Tensor kl_divergence(const at::Tensor& reference_logits, const at::Tensor& quantized_logits) {
+  MOEQ_CHECK(reference_logits.sizes() == quantized_logits.sizes(),
+             "KL divergence needs logits of one shape, got [{}] and [{}]",
+             fmt::join(reference_logits.sizes(), ", "), fmt::join(quantized_logits.sizes(), ", "));
+  auto p = at::log_softmax(reference_logits.to(at::kFloat), -1);
+  auto q = at::log_softmax(quantized_logits.to(at::kFloat), -1);
+  return (p.exp() * (p - q)).sum(-1);
+}
+
+Pipeline::Pipeline(PipelineOptions options, ModelBuilder build, LayerSession::AdapterLookup adapters)
+    : options_(std::move(options)), build_(std::move(build)), adapters_(std::move(adapters)) {}
+
+PipelineResult Pipeline::run(const PipelineProgress& progress) {
+  const auto start = Clock::now();
+  MOEQ_CHECK(!options_.calibration_batches.empty(), "no calibration batches for '{}'",
+             options_.model_dir.string());
+  const auto config = io::HfConfig::load(options_.model_dir / "config.json");
+  auto source = std::make_shared<runtime::CheckpointSource>(options_.model_dir);
+  runtime::RuntimeOptions runtime_options;
+  runtime_options.placement = options_.placement;
+  auto model = build_(config, source, runtime_options);
+  MOEQ_INTERNAL_ASSERT(model != nullptr, "the model builder returned nothing");
+
+  PipelineResult result;
+  result.architecture = config.architecture();
+  std::unique_ptr<exporting::Exporter> exporter;
+  if (options_.write_checkpoint) {
+    exporter = exporting::make_exporter(options_.export_options);
+  }
+  const auto device = options_.placement.device;
+  const auto park = [&](const at::Tensor& h) {
+    return options_.offload_activations ? h.to(at::kCPU) : h;
+  };
+  const auto unpark = [&](const at::Tensor& h) { return h.to(device); };
+
+  // Embed every stream.
+  Stream calib;
+  Stream eval_ref;
+  Stream eval_quant;
+  for (const auto& ids : options_.calibration_batches) {
+    MOEQ_CHECK(ids.dim() == 2, "calibration batch must be input_ids [batch, seq], got [{}]",
+               fmt::join(ids.sizes(), ", "));
+    calib.hidden.push_back(park(model->embed(ids)));
+    calib.contexts.push_back(model->make_context(ids));
+    result.calibration_tokens += ids.numel();
+  }
+  const bool evaluate = !options_.eval_batches.empty();
+  for (const auto& ids : options_.eval_batches) {
+    auto h = park(model->embed(ids));
+    eval_ref.hidden.push_back(h);
+    eval_quant.hidden.push_back(h);
+    eval_ref.contexts.push_back(model->make_context(ids));
+    eval_quant.contexts.push_back(model->make_context(ids));
+  }
+
+  std::set<std::string> quantized_weights;
+  const auto num_layers = model->num_layers();
+  for (int64_t i = 0; i < num_layers; ++i) {
+    const auto layer_start = Clock::now();
+    auto& layer = model->layer(i);
+    model->load(layer);
+    LayerSession session(layer, *source, options_.rules, options_.calibration);
+    session.attach_adapters(adapters_);
+    if (progress.layer_begin) {
+      progress.layer_begin(i, num_layers, static_cast<int64_t>(calib.hidden.size()));
+    }
+    // 1. Calibration: the original layer, observed, under the adapters' calibration routing.
+    std::vector<at::Tensor> reference_out;
+    {
+      fn::FunctionalOverride observe(session.calibration_handlers());
+      int64_t tokens = 0;
+      for (size_t b = 0; b < calib.hidden.size(); ++b) {
+        reference_out.push_back(layer.forward(unpark(calib.hidden[b]), calib.contexts[b]));
+        tokens += calib.hidden[b].size(0) * calib.hidden[b].size(1);
+        if (progress.batch_done) {
+          progress.batch_done(static_cast<int64_t>(b) + 1, tokens);
+        }
+      }
+    }
+    session.detach_all();
+    // 2. Scales and fake-quantized weights.
+    session.finish_calibration();
+    // 3. The quantized layer on the same inputs: its output error, and the next layer's inputs.
+    LayerResult lr;
+    lr.index = i;
+    {
+      fn::FunctionalOverride quantized(session.quantized_handlers());
+      double num = 0.0;
+      double den = 0.0;
+      for (size_t b = 0; b < calib.hidden.size(); ++b) {
+        auto q = layer.forward(unpark(calib.hidden[b]), calib.contexts[b]);
+        const auto diff = (q.to(at::kDouble) - reference_out[b].to(at::kDouble)).norm().item<double>();
+        const auto ref = reference_out[b].to(at::kDouble).norm().item<double>();
+        num += diff * diff;
+        den += ref * ref;
+        calib.hidden[b] = park(options_.propagate_quantized ? q : reference_out[b]);
+        lr.tokens += q.size(0) * q.size(1);
+      }
+      lr.output_error = den > 0.0 ? std::sqrt(num / den) : std::sqrt(num);
+      reference_out.clear();
+      for (size_t b = 0; b < eval_quant.hidden.size(); ++b) {
+        eval_quant.hidden[b] =
+            park(layer.forward(unpark(eval_quant.hidden[b]), eval_quant.contexts[b]));
+      }
+    }
+    if (evaluate) {  // the original stream, outside the override
+      double num = 0.0;
+      double den = 0.0;
+      for (size_t b = 0; b < eval_ref.hidden.size(); ++b) {
+        eval_ref.hidden[b] = park(layer.forward(unpark(eval_ref.hidden[b]), eval_ref.contexts[b]));
+        const auto d = (eval_quant.hidden[b].to(at::kDouble) - eval_ref.hidden[b].to(at::kDouble))
+                           .norm()
+                           .item<double>();
+        const auto r = eval_ref.hidden[b].to(at::kDouble).norm().item<double>();
+        num += d * d;
+        den += r * r;
+      }
+      lr.eval_hidden_error = den > 0.0 ? std::sqrt(num / den) : std::sqrt(num);
+    }
+    // 4. Export the layer's quantized projections.
+    std::map<std::pair<std::string, int64_t>, bool> fallback;
+    for (const auto& cov : session.coverage()) {
+      for (int64_t e = 0; e < cov.num_experts(); ++e) {
+        fallback[{cov.block, e}] = cov.fallback[e];
+      }
+    }
+    for (auto& t : session.targets()) {
+      if (exporter) {
+        exporter->add_quantized(t.module, t.source_weight.to(at::kCPU), *t.weight, t.input,
+                                at::Tensor());
+      }
+      quantized_weights.insert(std::string(t.linear->weight().name));
+      result.quantized_parameters += t.source_weight.numel();
+      ProjectionResult pr;
+      pr.module = t.module;
+      pr.block = t.block;
+      pr.expert = t.expert;
+      pr.kind = std::string(kind_name(t.kind));
+      pr.weight_error = t.weight_error;
+      pr.rows_seen = t.rows_seen;
+      const auto fb = fallback.find({t.block, t.expert});
+      pr.fallback = fb != fallback.end() && fb->second;
+      lr.projections.push_back(std::move(pr));
+    }
+    lr.coverage = session.coverage();
+    lr.seconds = seconds_since(layer_start);
+    model->release(layer);
+    if (progress.layer_end) {
+      progress.layer_end(lr);
+    }
+    result.layers.push_back(std::move(lr));
+  }
+
+  // Evaluation: both streams through the final norm and the head.
+  if (evaluate) {
+    EvalResult ev;
+    std::vector<at::Tensor> kls;
+    double nll_ref = 0.0;
+    double nll_quant = 0.0;
+    int64_t count = 0;
+    int64_t agree = 0;
+    std::vector<at::Tensor> keep_ref;
+    std::vector<at::Tensor> keep_quant;
+    for (size_t b = 0; b < eval_ref.hidden.size(); ++b) {
+      const auto ref_logits = model->head(unpark(eval_ref.hidden[b])).to(at::kFloat);
+      const auto quant_logits = model->head(unpark(eval_quant.hidden[b])).to(at::kFloat);
+      kls.push_back(kl_divergence(ref_logits, quant_logits).reshape(-1).to(at::kCPU, at::kDouble));
+      const auto& ids = options_.eval_batches[b];
+      const auto [r, n] = next_token_nll(ref_logits, ids);
+      const auto [q, n2] = next_token_nll(quant_logits, ids);
+      nll_ref += r;
+      nll_quant += q;
+      count += n;
+      agree += (ref_logits.argmax(-1) == quant_logits.argmax(-1)).sum().item<int64_t>();
+      ev.tokens += ids.numel();
+      if (keep_eval_logits_) {
+        keep_ref.push_back(ref_logits.to(at::kCPU));
+        keep_quant.push_back(quant_logits.to(at::kCPU));
+      }
+    }
+    const auto all = std::get<0>(at::sort(at::cat(kls)));
+    ev.kl_mean = all.mean().item<double>();
+    ev.kl_p50 = quantile(all, 0.50);
+    ev.kl_p90 = quantile(all, 0.90);
+    ev.kl_p99 = quantile(all, 0.99);
+    ev.kl_max = all.numel() > 0 ? all[-1].item<double>() : 0.0;
+    ev.ppl_reference = count > 0 ? std::exp(nll_ref / static_cast<double>(count)) : 0.0;
+    ev.ppl_quantized = count > 0 ? std::exp(nll_quant / static_cast<double>(count)) : 0.0;
+    ev.top1_agreement = ev.tokens > 0 ? static_cast<double>(agree) / static_cast<double>(ev.tokens) : 0.0;
+    if (keep_eval_logits_) {
+      ev.logits_reference = at::cat(keep_ref);
+      ev.logits_quantized = at::cat(keep_quant);
+    }
+    result.eval = std::move(ev);
+  }
+
+  // Modules left in high precision: every projection not quantized, and the routers.
+  model->for_each_module([&](runtime::Module& m) {
+    if (auto* linear = dynamic_cast<runtime::Linear*>(&m)) {
+      if (!quantized_weights.contains(std::string(linear->weight().name))) {
+        result.ignored_modules.push_back(linear->name());
+      }
+    } else if (dynamic_cast<runtime::Router*>(&m) != nullptr) {
+      result.ignored_modules.push_back(m.name());
+    }
+  });
+  if (exporter) {
+    for (const auto& name : source->names()) {
+      if (!quantized_weights.contains(name)) {
+        exporter->add_tensor(name, source->get(name));
+      }
+    }
+    exporting::ExportSummary summary;
+    summary.ignored_modules = result.ignored_modules;
+    result.output = exporter->finish(summary);
+    result.output_bytes = exporter->bytes_written();
+  }
+  result.seconds = seconds_since(start);
+  return result;
+}
+
+}  // namespace moeq::pipeline
