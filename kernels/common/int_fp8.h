@@ -28,28 +28,75 @@ namespace moeq::kernels::quant {
 
 using namespace numerics;
 
+// ---- one block's parameters ---------------------------------------------------------------------
+
+// What the per-element formulas need of a block's scale and zero point, computed once per block:
+// the scale, its reciprocal (for the device fast path of quotient), and the zero point converted
+// to X (for the add) and to S (for the subtract).
+struct Prepared {
+  float s;
+  float r;
+  float zx;
+  float zs;
+};
+
+template <typename X, typename S>
+MOEQ_HOST_DEVICE MOEQ_INLINE Prepared prepare(float s, float zp) {
+  return {s, 1.0f / s, round_to<X>(zp), round_to<S>(zp)};
+}
+
+// round_to<C>(x / s): one torch division in dtype C.
+//
+// The CPU reference divides. On the device, when C is bfloat16 or float16, t = x * (1/s) is used
+// instead where that provably rounds to the same C value: |t - x/s| <= 2 float ulps (1/s and the
+// product each round once), so if no C rounding boundary (a midpoint between two C values, at a
+// fixed bit pattern of the float) lies within 3 ulps of t, x/s and float(x/s) round to C like t
+// does. Near a midpoint, out of the normal range, or for NaN/Inf the exact division runs.
+template <typename C>
+MOEQ_HOST_DEVICE MOEQ_INLINE float quotient(float x, const Prepared& p) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<C, BFloat16> || std::is_same_v<C, Half>) {
+    const float t = x * p.r;
+    const uint32_t bits = __float_as_uint(t);
+    const uint32_t exp = (bits >> 23) & 0xFFu;
+    bool fast;
+    if constexpr (std::is_same_v<C, BFloat16>) {
+      // 2^-100 <= |t| < 2^101; the low 16 bits not within 3 of the midpoint 0x8000.
+      fast = exp - 27u <= 200u && (bits & 0xFFFFu) - 0x7FFDu > 6u;
+    } else {
+      // fp16 normal range without its top binade: 2^-14 <= |t| < 2^15; midpoint 0x1000.
+      fast = exp - 113u <= 28u && (bits & 0x1FFFu) - 0x0FFDu > 6u;
+    }
+    // x == 0: x * (1/s) is the exact signed zero when 1/s is finite.
+    fast |= x == 0.0f && fabsf(p.r) < INFINITY;
+    return round_to<C>(fast ? t : x / p.s);
+  }
+#endif
+  return round_to<C>(x / p.s);
+}
+
 // ---- integer -----------------------------------------------------------------------------------
 
 // The integer code (an integral float in [qmin, qmax], or NaN for a NaN input).
 template <typename X, typename S>
 MOEQ_HOST_DEVICE MOEQ_INLINE float int_code(
-    float x, float s, float zp, bool has_zp, float qmin, float qmax) {
+    float x, const Prepared& p, bool has_zp, float qmin, float qmax) {
   using C = promote_t<X, S>;
-  float t = round_to<C>(x / s);
+  float t = quotient<C>(x, p);
   if (has_zp) {
-    t = round_to<C>(t + round_to<X>(zp));
+    t = round_to<C>(t + p.zx);
   }
   return round_half_even(clamp(t, qmin, qmax));
 }
 
 // Also the fp8 dequantization (q is then the fp8 value).
 template <typename S>
-MOEQ_HOST_DEVICE MOEQ_INLINE float int_dequant(float q, float s, float zp, bool has_zp) {
+MOEQ_HOST_DEVICE MOEQ_INLINE float int_dequant(float q, const Prepared& p, bool has_zp) {
   float d = round_to<S>(q);
   if (has_zp) {
-    d = round_to<S>(d - round_to<S>(zp));
+    d = round_to<S>(d - p.zs);
   }
-  return round_to<S>(d * s);
+  return round_to<S>(d * p.s);
 }
 
 // The stored int8 code. NaN (only from a NaN input; observers reject those) becomes 0, as torch's
@@ -63,13 +110,13 @@ MOEQ_HOST_DEVICE MOEQ_INLINE int8_t int_code_to_int8(float q) {
 // The fp8 value of x / s (+ zero point), saturated to +-fmax before the cast (torch.clamp then
 // .to(F8)).
 template <typename X, typename S, typename F8>
-MOEQ_HOST_DEVICE MOEQ_INLINE float fp8_value(float x, float s, float zp, bool has_zp) {
+MOEQ_HOST_DEVICE MOEQ_INLINE float fp8_value(float x, const Prepared& p, bool has_zp) {
   using C = promote_t<X, S>;
-  float t = round_to<C>(x / s);
+  float t = quotient<C>(x, p);
   if (has_zp) {
-    t = round_to<C>(t + round_to<X>(zp));
+    t = round_to<C>(t + p.zx);
   }
-  return round_to<F8>(clamp(t, -fp8_max<F8>(), fp8_max<F8>()));
+  return fp8_round<F8>(clamp(t, -fp8_max<F8>(), fp8_max<F8>()));
 }
 
 // ---- qparams -----------------------------------------------------------------------------------
@@ -135,34 +182,48 @@ MOEQ_HOST_DEVICE MOEQ_INLINE float modelopt_scale(float amax, float maxbound, bo
 struct IntFormat {};  // Kind: integer codes; otherwise Kind is the fp8 type
 
 // Kind: IntFormat or an fp8 type; In/Out: the element types read and written; S: the scale's.
+// prepare() once per block, then apply() per element.
 template <typename Kind, typename In, typename Out, typename S, Direction D>
 struct ElementOp {
   float qmin;
   float qmax;
   bool has_zero_point;
 
-  MOEQ_HOST_DEVICE MOEQ_INLINE Out operator()(In x, float s, float zp) const {
+  MOEQ_HOST_DEVICE MOEQ_INLINE Prepared prepare(float s, float zp) const {
+    if constexpr (D == Direction::kDequantize) {
+      return quant::prepare<Out, S>(s, zp);
+    } else {
+      return quant::prepare<In, S>(s, zp);
+    }
+  }
+
+  MOEQ_HOST_DEVICE MOEQ_INLINE Out apply(In x, const Prepared& p) const {
     constexpr bool kInt = std::is_same_v<Kind, IntFormat>;
-    const float v = to_float(x);
+    float v;
+    if constexpr (kIsFloat8<In>) {
+      v = fp8_to_float<In>(x.x);
+    } else {
+      v = to_float(x);
+    }
     if constexpr (D == Direction::kFake) {
       static_assert(std::is_same_v<In, Out>);
       if constexpr (kInt) {
-        const float q = int_code<In, S>(v, s, zp, has_zero_point, qmin, qmax);
-        return from_float<Out>(int_dequant<S>(q, s, zp, has_zero_point));
+        const float q = int_code<In, S>(v, p, has_zero_point, qmin, qmax);
+        return from_float<Out>(int_dequant<S>(q, p, has_zero_point));
       } else {
-        const float q = fp8_value<In, S, Kind>(v, s, zp, has_zero_point);
-        return from_float<Out>(int_dequant<S>(q, s, zp, has_zero_point));
+        const float q = fp8_value<In, S, Kind>(v, p, has_zero_point);
+        return from_float<Out>(int_dequant<S>(q, p, has_zero_point));
       }
     } else if constexpr (D == Direction::kQuantize) {
       if constexpr (kInt) {
         static_assert(std::is_same_v<Out, int8_t>);
-        return int_code_to_int8(int_code<In, S>(v, s, zp, has_zero_point, qmin, qmax));
+        return int_code_to_int8(int_code<In, S>(v, p, has_zero_point, qmin, qmax));
       } else {
         static_assert(std::is_same_v<Out, Kind>);
-        return Out(fp8_value<In, S, Kind>(v, s, zp, has_zero_point));
+        return Out(fp8_bits<Kind>(fp8_value<In, S, Kind>(v, p, has_zero_point)), Out::from_bits());
       }
     } else {
-      return from_float<Out>(int_dequant<S>(v, s, zp, has_zero_point));
+      return from_float<Out>(int_dequant<S>(v, p, has_zero_point));
     }
   }
 };

@@ -20,6 +20,10 @@
 
 #include "common/macros.h"
 
+#if defined(__CUDACC__)
+#include <cuda_fp8.h>
+#endif
+
 namespace moeq::kernels::numerics {
 
 using c10::BFloat16;
@@ -79,13 +83,9 @@ MOEQ_HOST_DEVICE MOEQ_INLINE bool is_finite(float v) {
 #endif
 }
 
-// torch.clamp(v, lo, hi): NaN propagates; lo wins over hi when lo > hi (min(max(v, lo), hi)).
+// torch.clamp(v, lo, hi) for lo <= hi: NaN propagates.
 MOEQ_HOST_DEVICE MOEQ_INLINE float clamp(float v, float lo, float hi) {
-  if (is_nan(v)) {
-    return v;
-  }
-  v = v < lo ? lo : v;
-  return v > hi ? hi : v;
+  return v < lo ? lo : (v > hi ? hi : v);  // comparisons with NaN are false: NaN passes
 }
 
 // torch.minimum / torch.maximum: NaN propagates.
@@ -135,6 +135,37 @@ MOEQ_HOST_DEVICE MOEQ_INLINE uint8_t fp8_encode(float v) {
 template <typename F8>
 MOEQ_HOST_DEVICE MOEQ_INLINE float fp8_decode(uint8_t bits) {
   return static_cast<float>(F8(bits, F8::from_bits()));
+}
+
+// The fp8 bits of v rounded to nearest even, and back: what F8(v) and float(F8) compute. On
+// sm_89+ devices the hardware converts (cvt.rn.satfinite), which agrees with c10 for every |v| <=
+// fmax (callers clamp first); NaN stays NaN (its payload may differ).
+template <typename F8>
+MOEQ_HOST_DEVICE MOEQ_INLINE uint8_t fp8_bits(float v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  constexpr __nv_fp8_interpretation_t kind =
+      std::is_same_v<F8, Float8_e4m3fn> ? __NV_E4M3 : __NV_E5M2;
+  return __nv_cvt_float_to_fp8(v, __NV_SATFINITE, kind);
+#else
+  return F8(v).x;
+#endif
+}
+
+template <typename F8>
+MOEQ_HOST_DEVICE MOEQ_INLINE float fp8_to_float(uint8_t bits) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  constexpr __nv_fp8_interpretation_t kind =
+      std::is_same_v<F8, Float8_e4m3fn> ? __NV_E4M3 : __NV_E5M2;
+  return __half2float(__half(__nv_cvt_fp8_to_halfraw(bits, kind)));
+#else
+  return static_cast<float>(F8(bits, F8::from_bits()));
+#endif
+}
+
+// round_to<F8>(v) for |v| <= fmax (or NaN).
+template <typename F8>
+MOEQ_HOST_DEVICE MOEQ_INLINE float fp8_round(float v) {
+  return fp8_to_float<F8>(fp8_bits<F8>(v));
 }
 
 // ---- type promotion ----------------------------------------------------------------------------

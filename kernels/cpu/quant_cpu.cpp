@@ -40,11 +40,15 @@ void quant_elementwise_impl(
       Out* yr = out + b * y.sb + r * y.sr;
       const S* sr = scale + b * a.scale.sb + gr * a.scale.sr;
       const float* zr = zp ? zp + b * a.zero_point.sb + gr * a.zero_point.sr : nullptr;
+      int64_t gc_prev = -1;
+      quant::Prepared p{};
       for (int64_t c = 0; c < x.cols; ++c) {
         const int64_t gc = c / a.block.cols;
-        const float s = to_float(sr[gc * a.scale.sc]);
-        const float z = zr ? zr[gc * a.zero_point.sc] : 0.0f;
-        yr[c * y.sc] = op(xr[c * x.sc], s, z);
+        if (gc != gc_prev) {
+          p = op.prepare(to_float(sr[gc * a.scale.sc]), zr ? zr[gc * a.zero_point.sc] : 0.0f);
+          gc_prev = gc;
+        }
+        yr[c * y.sc] = op.apply(xr[c * x.sc], p);
       }
     }
   });

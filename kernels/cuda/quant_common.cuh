@@ -151,7 +151,10 @@ inline Launch plan(Geom& g, int vec, int waves, int64_t prefer_oc) {
 
 // ---- elementwise -------------------------------------------------------------------------------
 
-template <typename Op, typename In, typename Out, typename S, int V>
+// kUniform: all V elements of a thread lie in one inner block (always so for V = 1); the scale and
+// zero point of each of the kUnroll outer rows are then loaded with the row's data. Otherwise the
+// V elements have blocks of their own, loaded when the outer block index changes.
+template <typename Op, typename In, typename Out, typename S, int V, bool kUniform>
 __global__ void __launch_bounds__(kThreads) elementwise_kernel(const In* __restrict__ in,
                                                                Out* __restrict__ out,
                                                                const S* __restrict__ scale,
@@ -162,65 +165,105 @@ __global__ void __launch_bounds__(kThreads) elementwise_kernel(const In* __restr
   if (i0 >= g.I) {
     return;
   }
-  // The inner block index of each of my elements.
-  int64_t gi[V];
-  {
-    int64_t q = i0 / g.bI;
-    int64_t r = i0 - q * g.bI;
-#pragma unroll
-    for (int k = 0; k < V; ++k) {
-      gi[k] = q;
-      if (++r == g.bI) {
-        r = 0;
-        ++q;
-      }
-    }
-  }
   const int64_t o_begin = static_cast<int64_t>(blockIdx.y) * g.oc;
   const int64_t o_end = o_begin + g.oc < g.O ? o_begin + g.oc : g.O;
-  for (int64_t b = blockIdx.z; b < g.B; b += gridDim.z) {
-    const In* x = in + b * g.in_b + i0 * g.in_i;
-    Out* y = out + b * g.out_b + i0 * g.out_i;
-    int64_t go = o_begin / g.bO;
-    int64_t ro = o_begin - go * g.bO;
-    float s[V];
-    float z[V];
-    auto load_grid = [&]() {
+  if constexpr (kUniform) {
+    const int64_t gi = i0 / g.bI;
+    for (int64_t b = blockIdx.z; b < g.B; b += gridDim.z) {
+      const In* x = in + b * g.in_b + i0 * g.in_i;
+      Out* y = out + b * g.out_b + i0 * g.out_i;
+      const int64_t go = o_begin / g.bO;
+      int64_t ro = o_begin - go * g.bO;
+      const S* sp = scale + b * g.s_b + go * g.s_o + gi * g.s_i;
+      const float* zpp = zp ? zp + b * g.z_b + go * g.z_o + gi * g.z_i : nullptr;
+      for (int64_t o = o_begin; o < o_end; o += kUnroll) {
+        Vec<In, V> xv[kUnroll];
+        float sv[kUnroll];
+        float zv[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          if (o + u < o_end) {
+            xv[u] = load_vec<V>(x + (o + u) * g.in_o, g.in_i);
+            sv[u] = to_float(*sp);
+            zv[u] = zpp ? *zpp : 0.0f;
+            if (++ro == g.bO) {
+              ro = 0;
+              sp += g.s_o;
+              zpp = zpp ? zpp + g.z_o : nullptr;
+            }
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          if (o + u < o_end) {
+            const quant::Prepared p = op.prepare(sv[u], zv[u]);
+            Vec<Out, V> yv;
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+              yv.v[k] = op.apply(xv[u].v[k], p);
+            }
+            store_vec<V>(y + (o + u) * g.out_o, yv);
+          }
+        }
+      }
+    }
+  } else {
+    // The inner block index of each of my elements.
+    int64_t gi[V];
+    {
+      int64_t q = i0 / g.bI;
+      int64_t r = i0 - q * g.bI;
 #pragma unroll
       for (int k = 0; k < V; ++k) {
-        if (k > 0 && gi[k] == gi[k - 1]) {
-          s[k] = s[k - 1];
-          z[k] = z[k - 1];
-        } else {
-          s[k] = to_float(scale[b * g.s_b + go * g.s_o + gi[k] * g.s_i]);
-          z[k] = zp ? zp[b * g.z_b + go * g.z_o + gi[k] * g.z_i] : 0.0f;
+        gi[k] = q;
+        if (++r == g.bI) {
+          r = 0;
+          ++q;
         }
       }
-    };
-    load_grid();
-    for (int64_t o = o_begin; o < o_end; o += kUnroll) {
-      Vec<In, V> xv[kUnroll];
+    }
+    for (int64_t b = blockIdx.z; b < g.B; b += gridDim.z) {
+      const In* x = in + b * g.in_b + i0 * g.in_i;
+      Out* y = out + b * g.out_b + i0 * g.out_i;
+      int64_t go = o_begin / g.bO;
+      int64_t ro = o_begin - go * g.bO;
+      quant::Prepared p[V];
+      auto load_grid = [&]() {
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        if (o + u < o_end) {
-          xv[u] = load_vec<V>(x + (o + u) * g.in_o, g.in_i);
+        for (int k = 0; k < V; ++k) {
+          if (k > 0 && gi[k] == gi[k - 1]) {
+            p[k] = p[k - 1];
+          } else {
+            p[k] = op.prepare(to_float(scale[b * g.s_b + go * g.s_o + gi[k] * g.s_i]),
+                              zp ? zp[b * g.z_b + go * g.z_o + gi[k] * g.z_i] : 0.0f);
+          }
         }
-      }
+      };
+      load_grid();
+      for (int64_t o = o_begin; o < o_end; o += kUnroll) {
+        Vec<In, V> xv[kUnroll];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        if (o + u < o_end) {
-          if (ro == g.bO) {
-            ro = 0;
-            ++go;
-            load_grid();
+        for (int u = 0; u < kUnroll; ++u) {
+          if (o + u < o_end) {
+            xv[u] = load_vec<V>(x + (o + u) * g.in_o, g.in_i);
           }
-          Vec<Out, V> yv;
+        }
 #pragma unroll
-          for (int k = 0; k < V; ++k) {
-            yv.v[k] = op(xv[u].v[k], s[k], z[k]);
+        for (int u = 0; u < kUnroll; ++u) {
+          if (o + u < o_end) {
+            if (ro == g.bO) {
+              ro = 0;
+              ++go;
+              load_grid();
+            }
+            Vec<Out, V> yv;
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+              yv.v[k] = op.apply(xv[u].v[k], p[k]);
+            }
+            store_vec<V>(y + (o + u) * g.out_o, yv);
+            ++ro;
           }
-          store_vec<V>(y + (o + u) * g.out_o, yv);
-          ++ro;
         }
       }
     }
@@ -234,11 +277,16 @@ void launch_elementwise(
   constexpr int V = 16 / kBytes;
   if (vector_fits<In, Out, V>(g, in, out)) {
     const Launch l = plan(g, V, 16, kUnroll);
-    elementwise_kernel<Op, In, Out, S, V>
-        <<<l.grid, l.block, 0, stream>>>(in, out, scale, zp, g, op);
+    if (g.bI % V == 0) {
+      elementwise_kernel<Op, In, Out, S, V, true>
+          <<<l.grid, l.block, 0, stream>>>(in, out, scale, zp, g, op);
+    } else {
+      elementwise_kernel<Op, In, Out, S, V, false>
+          <<<l.grid, l.block, 0, stream>>>(in, out, scale, zp, g, op);
+    }
   } else {
     const Launch l = plan(g, 1, 16, kUnroll);
-    elementwise_kernel<Op, In, Out, S, 1>
+    elementwise_kernel<Op, In, Out, S, 1, true>
         <<<l.grid, l.block, 0, stream>>>(in, out, scale, zp, g, op);
   }
   check(cudaGetLastError(), "elementwise kernel launch");

@@ -28,9 +28,61 @@ __device__ MOEQ_INLINE void atomic_min_float(float* addr, float v) {
   }
 }
 
-// width > 0: all V elements of a thread share one inner block and `width` aligned lanes share it
-// too (reduced with shuffles first); width == 0: elements may belong to different inner blocks.
-template <typename T, int V, bool kAmax, bool kMinMax>
+// Ordered keys of floats: |x| as its bits (non-negative floats order like their int bits; NaN
+// and Inf above every finite value), and for min / max the float itself (-0 canonicalized to +0).
+struct Acc {
+  uint32_t amax;  // bits of max |x|
+  float lo;
+  float hi;
+  uint32_t bad;  // max exponent field seen: 0x7F800000 marks a NaN or an Inf
+};
+
+template <bool kAmax, bool kMinMax>
+__device__ MOEQ_INLINE void accumulate(Acc& a, float e) {
+  const uint32_t bits = __float_as_uint(e);
+  if constexpr (kAmax) {
+    a.amax = max(a.amax, bits & 0x7FFFFFFFu);  // NaN / Inf win: caught via a.amax
+  }
+  if constexpr (kMinMax) {
+    a.bad = max(a.bad, bits & 0x7F800000u);
+    const float c = e + 0.0f;  // -0 -> +0, as the CPU reference
+    a.lo = fminf(a.lo, c);
+    a.hi = fmaxf(a.hi, c);
+  }
+}
+
+template <bool kAmax, bool kMinMax>
+__device__ MOEQ_INLINE void merge(Acc& a, const Acc& b) {
+  a.amax = max(a.amax, b.amax);
+  a.lo = fminf(a.lo, b.lo);
+  a.hi = fmaxf(a.hi, b.hi);
+  a.bad = max(a.bad, b.bad);
+}
+
+constexpr Acc kEmpty{0u, INFINITY, -INFINITY, 0u};
+
+template <bool kAmax, bool kMinMax>
+__device__ MOEQ_INLINE void emit(
+    const Acc& a, float* amax, float* mn, float* mx, int64_t off_a, int64_t off_m, int* nonfinite) {
+  bool bad = false;
+  if constexpr (kAmax) {
+    bad |= a.amax >= 0x7F800000u;
+    atomicMax(reinterpret_cast<unsigned int*>(amax + off_a), a.amax);
+  }
+  if constexpr (kMinMax) {
+    bad |= a.bad == 0x7F800000u;
+    atomic_min_float(mn + off_m, a.lo);
+    atomic_max_float(mx + off_m, a.hi);
+  }
+  if (bad) {
+    *nonfinite = 1;
+  }
+}
+
+// kUniform: all V elements of a thread share one inner block, and `width` aligned lanes share it
+// too (reduced with shuffles before one atomic). Otherwise the elements may belong to different
+// inner blocks: one accumulator per element, one atomic per distinct block.
+template <typename T, int V, bool kAmax, bool kMinMax, bool kUniform>
 __global__ void __launch_bounds__(kThreads) reduce_kernel(const T* __restrict__ in,
                                                           Geom g,
                                                           int width,
@@ -41,13 +93,14 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(const T* __restrict__ 
   const int64_t i0 = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * V;
   const bool active = i0 < g.I;
   const int lane = threadIdx.x & 31;
-  int64_t gi[V];
+  constexpr int kN = kUniform ? 1 : V;  // accumulators
+  int64_t gi[kN];
   {
     const int64_t start = active ? i0 : 0;
     int64_t q = start / g.bI;
     int64_t r = start - q * g.bI;
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
+    for (int k = 0; k < kN; ++k) {
       gi[k] = q;
       if (++r == g.bI) {
         r = 0;
@@ -55,77 +108,17 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(const T* __restrict__ 
       }
     }
   }
-  bool bad = false;
   const int64_t o_begin = static_cast<int64_t>(blockIdx.y) * g.oc;
   const int64_t o_end = o_begin + g.oc < g.O ? o_begin + g.oc : g.O;
   for (int64_t b = blockIdx.z; b < g.B; b += gridDim.z) {
     const T* x = in + b * g.in_b + (active ? i0 : 0) * g.in_i;
     int64_t go = o_begin / g.bO;
     int64_t ro = o_begin - go * g.bO;
-    float a_acc[V], mn_acc[V], mx_acc[V];
-    auto reset = [&]() {
+    Acc acc[kN];
 #pragma unroll
-      for (int k = 0; k < V; ++k) {
-        a_acc[k] = 0.0f;
-        mn_acc[k] = INFINITY;
-        mx_acc[k] = -INFINITY;
-      }
-    };
-    auto flush = [&]() {
-      if (width > 0) {
-        float a = a_acc[0], lo = mn_acc[0], hi = mx_acc[0];
-#pragma unroll
-        for (int k = 1; k < V; ++k) {
-          a = fmaxf(a, a_acc[k]);
-          lo = fminf(lo, mn_acc[k]);
-          hi = fmaxf(hi, mx_acc[k]);
-        }
-        for (int off = width >> 1; off > 0; off >>= 1) {
-          if constexpr (kAmax) {
-            a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, off));
-          }
-          if constexpr (kMinMax) {
-            lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, off));
-            hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, off));
-          }
-        }
-        if (active && lane % width == 0) {
-          if constexpr (kAmax) {
-            atomicMax(reinterpret_cast<int*>(amax + b * g.s_b + go * g.s_o + gi[0] * g.s_i),
-                      __float_as_int(a));
-          }
-          if constexpr (kMinMax) {
-            const int64_t off = b * g.z_b + go * g.z_o + gi[0] * g.z_i;
-            atomic_min_float(mn + off, lo);
-            atomic_max_float(mx + off, hi);
-          }
-        }
-      } else if (active) {
-        float a = 0.0f, lo = INFINITY, hi = -INFINITY;
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-          a = fmaxf(a, a_acc[k]);
-          lo = fminf(lo, mn_acc[k]);
-          hi = fmaxf(hi, mx_acc[k]);
-          if (k == V - 1 || gi[k + 1] != gi[k]) {
-            if constexpr (kAmax) {
-              atomicMax(reinterpret_cast<int*>(amax + b * g.s_b + go * g.s_o + gi[k] * g.s_i),
-                        __float_as_int(a));
-            }
-            if constexpr (kMinMax) {
-              const int64_t off = b * g.z_b + go * g.z_o + gi[k] * g.z_i;
-              atomic_min_float(mn + off, lo);
-              atomic_max_float(mx + off, hi);
-            }
-            a = 0.0f;
-            lo = INFINITY;
-            hi = -INFINITY;
-          }
-        }
-      }
-      reset();
-    };
-    reset();
+    for (int k = 0; k < kN; ++k) {
+      acc[k] = kEmpty;
+    }
     for (int64_t o = o_begin; o < o_end; o += kUnroll) {
       Vec<T, V> xv[kUnroll];
 #pragma unroll
@@ -140,19 +133,42 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(const T* __restrict__ 
           if (active) {
 #pragma unroll
             for (int k = 0; k < V; ++k) {
-              const float e = to_float(xv[u].v[k]) + 0.0f;  // -0 -> +0, as the CPU reference
-              bad |= !isfinite(e);
-              if constexpr (kAmax) {
-                a_acc[k] = fmaxf(a_acc[k], fabsf(e));
-              }
-              if constexpr (kMinMax) {
-                mn_acc[k] = fminf(mn_acc[k], e);
-                mx_acc[k] = fmaxf(mx_acc[k], e);
-              }
+              accumulate<kAmax, kMinMax>(acc[kUniform ? 0 : k], to_float(xv[u].v[k]));
             }
           }
           if (++ro == g.bO || o + u + 1 == o_end) {  // uniform across the warp
-            flush();
+            if constexpr (kUniform) {
+              Acc a = acc[0];
+              for (int off = width >> 1; off > 0; off >>= 1) {
+                Acc other;
+                other.amax = __shfl_xor_sync(0xffffffffu, a.amax, off);
+                other.lo = __shfl_xor_sync(0xffffffffu, a.lo, off);
+                other.hi = __shfl_xor_sync(0xffffffffu, a.hi, off);
+                other.bad = __shfl_xor_sync(0xffffffffu, a.bad, off);
+                merge<kAmax, kMinMax>(a, other);
+              }
+              if (active && (width == 0 || lane % width == 0)) {
+                emit<kAmax, kMinMax>(a, amax, mn, mx, b * g.s_b + go * g.s_o + gi[0] * g.s_i,
+                                     b * g.z_b + go * g.z_o + gi[0] * g.z_i, nonfinite);
+              }
+              acc[0] = kEmpty;
+            } else if (active) {
+              Acc a = acc[0];
+#pragma unroll
+              for (int k = 0; k < V; ++k) {
+                if (k > 0) {
+                  merge<kAmax, kMinMax>(a, acc[k]);
+                }
+                if (k == V - 1 || gi[k + 1] != gi[k]) {
+                  emit<kAmax, kMinMax>(a, amax, mn, mx, b * g.s_b + go * g.s_o + gi[k] * g.s_i,
+                                       b * g.z_b + go * g.z_o + gi[k] * g.z_i, nonfinite);
+                  if (k < V - 1) {
+                    a = acc[k + 1];
+                  }
+                }
+                acc[k] = kEmpty;
+              }
+            }
             if (ro == g.bO) {
               ro = 0;
               ++go;
@@ -161,9 +177,6 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(const T* __restrict__ 
         }
       }
     }
-  }
-  if (bad) {
-    *nonfinite = 1;
   }
 }
 
@@ -176,9 +189,10 @@ void launch_reduce(
   const int v = vec ? V : 1;
   // Flush as rarely as possible: a block's outer chunk covers whole outer blocks when it can.
   const Launch l = plan(g, v, 8, std::max<int64_t>(g.bO, kUnroll));
-  // Lanes that share one inner block reduce with shuffles first.
+  // Lanes that share one inner block reduce with shuffles first (width lanes, aligned).
+  const bool uniform = g.bI % v == 0;
   int width = 0;
-  if (g.bI % v == 0) {
+  if (uniform) {
     const int64_t lanes = g.bI / v;
     if (g.bI % (32 * v) == 0) {
       width = 32;
@@ -186,11 +200,14 @@ void launch_reduce(
       width = static_cast<int>(lanes);
     }
   }
-  if (vec) {
-    reduce_kernel<T, V, kAmax, kMinMax>
+  if (vec && uniform) {
+    reduce_kernel<T, V, kAmax, kMinMax, true>
+        <<<l.grid, l.block, 0, stream>>>(in, g, width, amax, mn, mx, nonfinite);
+  } else if (vec) {
+    reduce_kernel<T, V, kAmax, kMinMax, false>
         <<<l.grid, l.block, 0, stream>>>(in, g, width, amax, mn, mx, nonfinite);
   } else {
-    reduce_kernel<T, 1, kAmax, kMinMax>
+    reduce_kernel<T, 1, kAmax, kMinMax, true>
         <<<l.grid, l.block, 0, stream>>>(in, g, width, amax, mn, mx, nonfinite);
   }
   check(cudaGetLastError(), "block reduction launch");
@@ -221,8 +238,9 @@ __global__ void __launch_bounds__(kThreads) quantize_pack_kernel(const X* __rest
   for (int64_t b = blockIdx.z; b < g.B; b += gridDim.z) {
     for (int64_t o = o_begin; o < o_end; ++o) {
       const int64_t go = o / g.bO;
-      const float s = to_float(scale[b * g.s_b + go * g.s_o + gi * g.s_i]);
-      const float z = has_zp ? zp[b * g.z_b + go * g.z_o + gi * g.z_i] : 0.0f;
+      const quant::Prepared p =
+          quant::prepare<X, S>(to_float(scale[b * g.s_b + go * g.s_o + gi * g.s_i]),
+                               has_zp ? zp[b * g.z_b + go * g.z_o + gi * g.z_i] : 0.0f);
       const X* x = in + b * g.in_b + o * g.in_o + i0;
       uint32_t u[pack::kChunk];
 #pragma unroll
@@ -230,7 +248,7 @@ __global__ void __launch_bounds__(kThreads) quantize_pack_kernel(const X* __rest
         const Vec<X, kPerLoad> xv = *reinterpret_cast<const Vec<X, kPerLoad>*>(x + j * kPerLoad);
 #pragma unroll
         for (int k = 0; k < kPerLoad; ++k) {
-          const float q = quant::int_code<X, S>(to_float(xv.v[k]), s, z, has_zp, qmin, qmax);
+          const float q = quant::int_code<X, S>(to_float(xv.v[k]), p, has_zp, qmin, qmax);
           u[j * kPerLoad + k] = pack::offset_code(quant::int_code_to_int8(q), kBits);
         }
       }
