@@ -51,8 +51,9 @@ std::shared_ptr<const Schema> calibration_schema() {
            .doc = "the calibration data file"},
           {.name = "format",
            .type = FieldType::kString,
-           .default_value = std::string("jsonl"),
-           .doc = "the data file's format, read by the calibration loader"},
+           .default_value = std::string("auto"),
+           .choices = {"auto", "jsonl", "safetensors", "text"},
+           .doc = "the data file's format; auto: from the extension (.jsonl, .safetensors, .txt)"},
           {.name = "samples",
            .type = FieldType::kInteger,
            .default_value = int64_t{512},
@@ -105,6 +106,15 @@ std::shared_ptr<const Schema> export_schema() {
                      .type = FieldType::kString,
                      .required = true,
                      .doc = "the output directory"},
+                    {.name = "report",
+                     .type = FieldType::kString,
+                     .default_value = std::string(""),
+                     .doc = "where report.json and report.html go; empty: <output>.report"},
+                    {.name = "overwrite",
+                     .type = FieldType::kBoolean,
+                     .default_value = false,
+                     .doc = "replace an existing output directory (only once the new one is "
+                            "complete)"},
                     {.name = "shard_size",
                      .type = FieldType::kByteSize,
                      .default_value = int64_t{5'000'000'000},
@@ -112,6 +122,75 @@ std::shared_ptr<const Schema> export_schema() {
                      .min_exclusive = true,
                      .doc = "largest safetensors shard, e.g. 5GB or 512MiB"},
                 });
+  return schema;
+}
+
+std::shared_ptr<const Schema> quantize_schema() {
+  static const auto schema = std::make_shared<const Schema>(
+      "quantize",
+      std::vector<Field>{
+          {.name = "ignore",
+           .type = FieldType::kStringList,
+           .default_value = std::vector<std::string>{},
+           .doc = "modules left in high precision: names, or 're:<regex>' matched from the start "
+                  "(compressed-tensors' ignore); routers, shared-expert gates and lm_head always "
+                  "are"},
+          {.name = "skip_attention",
+           .type = FieldType::kBoolean,
+           .default_value = false,
+           .doc = "leave the attention projections in high precision (experts-only recipes)"},
+          {.name = "skip_dense_mlp",
+           .type = FieldType::kBoolean,
+           .default_value = false,
+           .doc = "leave dense MLPs and shared experts in high precision"},
+          {.name = "propagate",
+           .type = FieldType::kString,
+           .default_value = std::string("quantized"),
+           .choices = {"quantized", "original"},
+           .doc = "which output the next layer calibrates on: the quantized layer's (as at "
+                  "inference) or the original's"},
+          {.name = "offload_activations",
+           .type = FieldType::kBoolean,
+           .default_value = false,
+           .doc = "keep calibration activations on the host between layers"},
+      });
+  return schema;
+}
+
+std::shared_ptr<const Schema> evaluation_schema() {
+  static const auto schema = std::make_shared<const Schema>(
+      "evaluation",
+      std::vector<Field>{
+          {.name = "dataset",
+           .type = FieldType::kString,
+           .required = true,
+           .doc = "held-out data (same formats as calibration)"},
+          {.name = "format",
+           .type = FieldType::kString,
+           .default_value = std::string("auto"),
+           .choices = {"auto", "jsonl", "safetensors", "text"},
+           .doc = "the data file's format"},
+          {.name = "samples",
+           .type = FieldType::kInteger,
+           .default_value = int64_t{16},
+           .min = 1,
+           .doc = "number of evaluation sequences"},
+          {.name = "seq_len",
+           .type = FieldType::kInteger,
+           .default_value = int64_t{256},
+           .min = 2,
+           .doc = "tokens per sequence"},
+          {.name = "batch_size",
+           .type = FieldType::kInteger,
+           .default_value = int64_t{4},
+           .min = 1,
+           .doc = "sequences per forward pass"},
+          {.name = "seed",
+           .type = FieldType::kInteger,
+           .default_value = int64_t{1},
+           .min = 0,
+           .doc = "seed for sampling the sequences"},
+      });
   return schema;
 }
 
@@ -171,10 +250,37 @@ Recipe build_recipe(const ConfigNode& root, const fs::path& file, const fs::path
   }
   if (parsed.has("export")) {
     const ParsedFields& exporting = parsed.section("export");
-    recipe.export_config = ExportConfig{
-        exporting.string("format") == "modelopt" ? ExportFormat::kModelOpt
-                                                 : ExportFormat::kCompressedTensors,
-        resolve(base_dir, exporting.string("output")), exporting.integer("shard_size")};
+    ExportConfig config;
+    config.format = exporting.string("format") == "modelopt" ? ExportFormat::kModelOpt
+                                                            : ExportFormat::kCompressedTensors;
+    config.output = resolve(base_dir, exporting.string("output"));
+    config.shard_size = exporting.integer("shard_size");
+    if (!exporting.string("report").empty()) {
+      config.report = resolve(base_dir, exporting.string("report"));
+    }
+    config.overwrite = exporting.boolean("overwrite");
+    recipe.export_config = config;
+  }
+  if (parsed.has("quantize")) {
+    const ParsedFields& quantize = parsed.section("quantize");
+    QuantizeConfig config;
+    config.ignore = quantize.strings("ignore");
+    config.skip_attention = quantize.boolean("skip_attention");
+    config.skip_dense_mlp = quantize.boolean("skip_dense_mlp");
+    config.propagate_quantized = quantize.string("propagate") == "quantized";
+    config.offload_activations = quantize.boolean("offload_activations");
+    recipe.quantize = config;
+  }
+  if (parsed.has("evaluation")) {
+    const ParsedFields& evaluation = parsed.section("evaluation");
+    EvaluationConfig config;
+    config.dataset = resolve(base_dir, evaluation.string("dataset"));
+    config.format = evaluation.string("format");
+    config.samples = evaluation.integer("samples");
+    config.seq_len = evaluation.integer("seq_len");
+    config.batch_size = evaluation.integer("batch_size");
+    config.seed = evaluation.integer("seed");
+    recipe.evaluation = config;
   }
   if (parsed.has("adapters")) {
     recipe.adapters = parsed.nodes("adapters");
@@ -213,6 +319,14 @@ std::shared_ptr<const Schema> recipe_schema() {
            .type = FieldType::kSection,
            .section = export_schema(),
            .doc = "the output checkpoint"},
+          {.name = "quantize",
+           .type = FieldType::kSection,
+           .section = quantize_schema(),
+           .doc = "which projections are quantized and how layers feed each other"},
+          {.name = "evaluation",
+           .type = FieldType::kSection,
+           .section = evaluation_schema(),
+           .doc = "held-out tokens: KL divergence and perplexity of the quantized model"},
           {.name = "adapters",
            .type = FieldType::kMapList,
            .doc = "adapters declared in YAML (easy tier), each read with its own schema"},

@@ -95,7 +95,7 @@ TEST(RecipeConfigTest, Defaults) {
   EXPECT_EQ(recipe.model->device, "auto");
   EXPECT_EQ(recipe.scheme->node.Scalar(), "NVFP4");
   EXPECT_EQ(recipe.calibration->dataset, "/base/c.jsonl");
-  EXPECT_EQ(recipe.calibration->format, "jsonl");
+  EXPECT_EQ(recipe.calibration->format, "auto");
   EXPECT_EQ(recipe.calibration->samples, 512);
   EXPECT_EQ(recipe.calibration->seq_len, 2048);
   EXPECT_EQ(recipe.calibration->batch_size, 8);

@@ -62,7 +62,7 @@ struct Stream {
   std::vector<runtime::ForwardContext> contexts;
 };
 
-double quantile(const at::Tensor& sorted, double q) {
+double sorted_quantile(const at::Tensor& sorted, double q) {
   const auto n = sorted.numel();
   if (n == 0) {
     return 0.0;
@@ -267,9 +267,9 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
     }
     const auto all = std::get<0>(at::sort(at::cat(kls)));
     ev.kl_mean = all.mean().item<double>();
-    ev.kl_p50 = quantile(all, 0.50);
-    ev.kl_p90 = quantile(all, 0.90);
-    ev.kl_p99 = quantile(all, 0.99);
+    ev.kl_p50 = sorted_quantile(all, 0.50);
+    ev.kl_p90 = sorted_quantile(all, 0.90);
+    ev.kl_p99 = sorted_quantile(all, 0.99);
     ev.kl_max = all.numel() > 0 ? all[-1].item<double>() : 0.0;
     ev.ppl_reference = count > 0 ? std::exp(nll_ref / static_cast<double>(count)) : 0.0;
     ev.ppl_quantized = count > 0 ? std::exp(nll_quant / static_cast<double>(count)) : 0.0;

@@ -5,7 +5,9 @@
 //   model:        {path: ./Mixtral-8x7B, dtype: bfloat16, device: cuda}
 //   scheme:       NVFP4                                       # or a map of QuantArgs
 //   calibration:  {dataset: calib.jsonl, samples: 512, seq_len: 2048, mode: all}
-//   export:       {format: compressed-tensors, output: ./out, shard_size: 5GB}
+//   quantize:     {ignore: ["re:.*self_attn"], propagate: quantized}
+//   evaluation:   {dataset: eval.txt, samples: 16, seq_len: 256}
+//   export:       {format: compressed-tensors, output: ./out, shard_size: 5GB, overwrite: false}
 //   adapters:     [{...}, ...]                                # YAML-declared easy adapters
 //
 // Every key, type and default is declared in recipe_schema() (docs/plugins.md lists them);
@@ -61,7 +63,26 @@ struct CalibrationConfig {
 struct ExportConfig {
   ExportFormat format = ExportFormat::kCompressedTensors;
   std::filesystem::path output;
-  int64_t shard_size = 0;  // bytes
+  int64_t shard_size = 0;         // bytes
+  std::filesystem::path report;   // empty: <output>.report
+  bool overwrite = false;
+};
+
+struct QuantizeConfig {
+  std::vector<std::string> ignore;  // compressed-tensors' ignore entries
+  bool skip_attention = false;
+  bool skip_dense_mlp = false;
+  bool propagate_quantized = true;
+  bool offload_activations = false;
+};
+
+struct EvaluationConfig {
+  std::filesystem::path dataset;
+  std::string format;
+  int64_t samples = 0;
+  int64_t seq_len = 0;
+  int64_t batch_size = 0;
+  int64_t seed = 0;
 };
 
 struct Recipe {
@@ -73,6 +94,8 @@ struct Recipe {
   std::optional<ConfigNode> scheme;  // a scheme name or a map of QuantArgs, for the quant core
   std::optional<CalibrationConfig> calibration;
   std::optional<ExportConfig> export_config;
+  std::optional<QuantizeConfig> quantize;
+  std::optional<EvaluationConfig> evaluation;
   std::vector<ConfigNode> adapters;  // each a map, for the adapter that declares its fields
 
   // Throws "recipe.yaml:1:1: missing required section 'model' (needed by moeq quantize)" when a
