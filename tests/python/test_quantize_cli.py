@@ -1,0 +1,192 @@
+"""`moeq quantize` end to end: the CLI quantizes tiny random checkpoints in the hub layout, and a
+real client (transformers 5.17.0 with compressed-tensors 0.20.0) loads what it wrote.
+
+For every architecture and the schemes W4A16, W8A8-FP8-DYNAMIC, FP8-block, NVFP4 and W8A8-INT8:
+transformers' `from_pretrained` loads the exported checkpoint and its logits on the evaluation
+tokens match the logits of moeq's own fake-quantized forward (written by --save-eval-logits).
+And each failure mode gives a clear error and leaves nothing under the output name.
+"""
+import importlib.util
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BUILD = os.environ.get("MOEQ_BUILD_DIR", os.path.join(ROOT, "build"))
+MOEQ = os.path.join(BUILD, "tools", "cli", "moeq")
+SCRIPT = os.path.join(ROOT, "tools", "fixtures", "make_tiny_moe.py")
+
+# Dimensions divisible by 128 so that every scheme's group and block sizes hold (vLLM's
+# constraints are checked by the exporter).
+MODELS = {
+    "mixtral": ("mixtral", dict(vocab_size=160, hidden_size=128, intermediate_size=256,
+                                num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, num_local_experts=4,
+                                num_experts_per_tok=2, max_position_embeddings=256,
+                                rms_norm_eps=1e-5)),
+    "qwen3_moe": ("qwen3_moe", dict(vocab_size=176, hidden_size=128, intermediate_size=256,
+                                    moe_intermediate_size=128, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                    num_experts=8, num_experts_per_tok=2, norm_topk_prob=True,
+                                    max_position_embeddings=256, rope_theta=1000000.0)),
+    "qwen2_moe": ("qwen2_moe", dict(vocab_size=192, hidden_size=128, intermediate_size=256,
+                                    moe_intermediate_size=128,
+                                    shared_expert_intermediate_size=256, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=4,
+                                    num_experts=8, num_experts_per_tok=4, norm_topk_prob=False,
+                                    max_position_embeddings=256, rope_theta=1000000.0)),
+}
+SCHEMES = ["W4A16", "W8A8-FP8-DYNAMIC", "FP8-block", "NVFP4", "W8A8-INT8"]
+
+
+def _fixture_module():
+    spec = importlib.util.spec_from_file_location("make_tiny_moe", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _make_model(out_dir, fixture, config):
+    m = _fixture_module()
+    spec = dict(m.FIXTURES[fixture])
+    torch.manual_seed(0)
+    model = spec["cls"](spec["config_cls"](**config)).eval()
+    m.randomize(model, 0)
+    model = model.to(torch.bfloat16)  # published checkpoints are bf16
+    m.save_hub_layout(model, out_dir)
+    key = "num_local_experts" if fixture == "mixtral" else "num_experts"
+    m.hub_style_config(out_dir, spec["config_style"], key)
+
+
+def _write_tokens(path, vocab, rows, length, seed):
+    g = torch.Generator().manual_seed(seed)
+    with open(path, "w") as f:
+        for _ in range(rows):
+            f.write(json.dumps(torch.randint(vocab, (length,), generator=g).tolist()) + "\n")
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quantize_models")
+    out = {}
+    for name, (fixture, config) in MODELS.items():
+        d = root / name
+        d.mkdir()
+        _make_model(str(d), fixture, config)
+        _write_tokens(d / "calib.jsonl", config["vocab_size"], 8, 32, 1)
+        _write_tokens(d / "eval.jsonl", config["vocab_size"], 4, 24, 2)
+        out[name] = d
+    return out
+
+
+def _quantize(model_dir, output, *extra, check=True, preexec=None):
+    cmd = [MOEQ, "quantize", "--model", str(model_dir), "--output", str(output),
+           "--calibration", str(model_dir / "calib.jsonl"), "--samples", "8", "--seq-len", "16",
+           "--batch-size", "4", "--device", "cpu", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=preexec)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def _siblings(path):
+    """Everything next to `path` whose name starts with its name (temporaries included)."""
+    parent, name = os.path.split(str(path))
+    return sorted(n for n in os.listdir(parent) if n.startswith(name) or n.startswith("." + name))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_transformers_loads_the_export_and_matches_moeq(models, tmp_path, arch, scheme):
+    import transformers
+
+    model_dir = models[arch]
+    out = tmp_path / f"{arch}-{scheme}"
+    _quantize(model_dir, out, "--scheme", scheme, "--eval", str(model_dir / "eval.jsonl"),
+              "--eval-samples", "4", "--eval-seq-len", "16", "--save-eval-logits")
+    config = json.load(open(out / "config.json"))
+    qc = config["quantization_config"]
+    assert qc["quant_method"] == "compressed-tensors"
+    report = json.load(open(str(out) + ".report/report.json"))
+    assert report["layers"], report
+    saved = load_file(str(out) + ".report/eval_logits.safetensors")
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        logits = model(saved["input_ids"]).logits.float()
+    ref = saved["logits_quantized"]
+    # moeq computes in fp32 with the bf16-stored fake-quantized weights, as transformers does
+    # after decompression; activation quantization (dynamic per token, FP8/INT8) runs in both.
+    err = (logits - ref).abs().max() / ref.abs().max()
+    assert err < 2e-3, f"{arch} {scheme}: max relative logit difference {err:.2e}"
+
+
+def test_malformed_recipe_names_line_and_column(models, tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(f"model:\n  path: {models['mixtral']}\n  colour: blue\nscheme: W4A16\n")
+    out = tmp_path / "out"
+    proc = _quantize(models["mixtral"], out, "--config", str(recipe), check=False)
+    assert proc.returncode != 0
+    assert "bad.yaml:3:3" in proc.stderr and "colour" in proc.stderr, proc.stderr
+    assert _siblings(out) == []
+
+
+def test_missing_shard_is_named(models, tmp_path):
+    broken = tmp_path / "sharded"
+    shutil.copytree(models["mixtral"], broken)
+    # Make it sharded: an index pointing at a shard that is not there.
+    from safetensors.torch import load_file as lf, save_file
+    tensors = lf(str(broken / "model.safetensors"))
+    names = sorted(tensors)
+    half = len(names) // 2
+    save_file({k: tensors[k] for k in names[:half]},
+              str(broken / "model-00001-of-00002.safetensors"), metadata={"format": "pt"})
+    os.remove(broken / "model.safetensors")
+    index = {"metadata": {}, "weight_map": {
+        k: ("model-00001-of-00002.safetensors" if i < half else "model-00002-of-00002.safetensors")
+        for i, k in enumerate(names)}}
+    (broken / "model.safetensors.index.json").write_text(json.dumps(index))
+    out = tmp_path / "out"
+    proc = _quantize(broken, out, "--scheme", "W4A16", check=False)
+    assert proc.returncode != 0
+    assert "model-00002-of-00002.safetensors" in proc.stderr, proc.stderr
+    assert _siblings(out) == []
+
+
+def test_unsupported_scheme_for_the_format_is_an_error(models, tmp_path):
+    out = tmp_path / "out"
+    proc = _quantize(models["mixtral"], out, "--scheme", "MXFP4", "--format", "modelopt",
+                     check=False)
+    assert proc.returncode != 0
+    assert "MXFP4" in proc.stderr and "modelopt" in proc.stderr.lower(), proc.stderr
+    assert _siblings(out) == []
+
+
+def test_full_disk_leaves_no_partial_output(models, tmp_path):
+    out = tmp_path / "out"
+
+    def limit():  # a "disk" that fills after 64 KiB of any one file
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+    proc = _quantize(models["mixtral"], out, "--scheme", "W4A16", check=False, preexec=limit)
+    assert proc.returncode != 0
+    assert "error" in proc.stderr.lower(), proc.stderr
+    assert _siblings(out) == []
+
+
+def test_existing_output_is_kept_without_overwrite(models, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    proc = _quantize(models["mixtral"], out, "--scheme", "W4A16", check=False)
+    assert proc.returncode != 0
+    assert "exists" in proc.stderr, proc.stderr
+    assert (out / "keep.txt").read_text() == "mine"
