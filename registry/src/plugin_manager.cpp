@@ -4,6 +4,7 @@
 
 #include <boost/dll/shared_library.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <system_error>
 
@@ -73,6 +74,27 @@ fs::path default_plugin_dir() {
     library = fs::absolute(info.dli_fname, ec);
   }
   return library.parent_path() / "moeq" / "plugins";
+}
+
+int64_t load_default_plugins(PluginManager& manager) {
+  const fs::path dir = default_plugin_dir();
+  std::error_code ec;
+  MOEQ_CHECK(!dir.empty() && fs::is_directory(dir, ec),
+             "moeq's plugin directory '{}' does not exist: the in-tree plugins were not built or "
+             "installed (list plugins in the recipe, or set MOEQ_PLUGIN_PATH)",
+             dir.string());
+  std::vector<fs::path> files;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const auto name = entry.path().filename().string();
+    if (entry.is_regular_file() && name.starts_with("libmoeq_plugin_") && name.ends_with(".so")) {
+      files.push_back(entry.path());
+    }
+  }
+  std::sort(files.begin(), files.end());
+  for (const auto& file : files) {
+    manager.load_file(file);
+  }
+  return static_cast<int64_t>(files.size());
 }
 
 std::vector<fs::path> plugin_search_path(const std::vector<fs::path>& configured) {

@@ -13,6 +13,8 @@
 
 #include <boost/config.hpp>
 
+#include <cstdint>
+
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -72,6 +74,12 @@ bool is_plugin_path(std::string_view spec);
 // The first libmoeq_plugin_<name>.so on `search_path`; an error listing the directories if none.
 std::filesystem::path find_plugin(std::string_view name,
                                   const std::vector<std::filesystem::path>& search_path);
+
+class PluginManager;
+
+// Loads every plugin in default_plugin_dir() (moeq's in-tree plugins: mixtral, qwen_moe ...), in
+// name order; what a recipe that lists no plugins gets. Returns how many loaded.
+int64_t load_default_plugins(PluginManager& manager);
 
 class BOOST_SYMBOL_VISIBLE PluginManager {
  public:
