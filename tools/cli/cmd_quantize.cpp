@@ -2,6 +2,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 
+#include <sys/resource.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -9,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "moeq/core/error.h"
@@ -76,7 +78,7 @@ nlohmann::json to_json(const YAML::Node& node) {
     }
     case YAML::NodeType::Scalar: {
       const auto text = node.Scalar();
-      if (node.Tag() == "!" ) {  // quoted: a string
+      if (node.Tag() == "!") {  // quoted: a string
         return text;
       }
       if (text == "true" || text == "false") {
@@ -171,8 +173,10 @@ Recipe merged_recipe(const QuantizeFlags& flags) {
     recipe.model = m;
   }
   if (recipe.model) {
-    if (!flags.device.empty()) recipe.model->device = flags.device;
-    if (!flags.dtype.empty()) recipe.model->dtype = flags.dtype;
+    if (!flags.device.empty())
+      recipe.model->device = flags.device;
+    if (!flags.dtype.empty())
+      recipe.model->dtype = flags.dtype;
   }
   if (!flags.calibration.empty() || recipe.calibration || flags.samples) {
     CalibrationConfig c = recipe.calibration.value_or(CalibrationConfig{});
@@ -183,18 +187,25 @@ Recipe merged_recipe(const QuantizeFlags& flags) {
       c.batch_size = 8;
       c.min_tokens = 1;
     }
-    if (!flags.calibration.empty()) c.dataset = fs::absolute(flags.calibration);
-    if (flags.samples) c.samples = *flags.samples;
-    if (flags.seq_len) c.seq_len = *flags.seq_len;
-    if (flags.batch_size) c.batch_size = *flags.batch_size;
-    if (flags.seed) c.seed = *flags.seed;
+    if (!flags.calibration.empty())
+      c.dataset = fs::absolute(flags.calibration);
+    if (flags.samples)
+      c.samples = *flags.samples;
+    if (flags.seq_len)
+      c.seq_len = *flags.seq_len;
+    if (flags.batch_size)
+      c.batch_size = *flags.batch_size;
+    if (flags.seed)
+      c.seed = *flags.seed;
     if (!flags.mode.empty()) {
       c.mode = flags.mode == "routed"  ? CalibrationMode::kRouted
                : flags.mode == "ratio" ? CalibrationMode::kRatio
                                        : CalibrationMode::kAll;
     }
-    if (flags.ratio) c.ratio = *flags.ratio;
-    if (flags.min_tokens) c.min_tokens = *flags.min_tokens;
+    if (flags.ratio)
+      c.ratio = *flags.ratio;
+    if (flags.min_tokens)
+      c.min_tokens = *flags.min_tokens;
     recipe.calibration = c;
   }
   if (!flags.output.empty() || recipe.export_config) {
@@ -202,15 +213,21 @@ Recipe merged_recipe(const QuantizeFlags& flags) {
     if (!recipe.export_config) {
       e.shard_size = 5'000'000'000;
     }
-    if (!flags.output.empty()) e.output = fs::absolute(flags.output);
-    if (!flags.format.empty()) e.format = exporting::parse_export_format(flags.format);
-    if (!flags.report.empty()) e.report = fs::absolute(flags.report);
-    if (flags.overwrite) e.overwrite = true;
+    if (!flags.output.empty())
+      e.output = fs::absolute(flags.output);
+    if (!flags.format.empty())
+      e.format = exporting::parse_export_format(flags.format);
+    if (!flags.report.empty())
+      e.report = fs::absolute(flags.report);
+    if (flags.overwrite)
+      e.overwrite = true;
     recipe.export_config = e;
   }
   QuantizeConfig q = recipe.quantize.value_or(QuantizeConfig{});
-  for (const auto& entry : flags.ignore) q.ignore.push_back(entry);
-  if (flags.skip_attention) q.skip_attention = true;
+  for (const auto& entry : flags.ignore)
+    q.ignore.push_back(entry);
+  if (flags.skip_attention)
+    q.skip_attention = true;
   recipe.quantize = q;
   if (!flags.eval.empty()) {
     EvaluationConfig ev = recipe.evaluation.value_or(EvaluationConfig{{}, "auto", 16, 256, 4, 1});
@@ -218,16 +235,18 @@ Recipe merged_recipe(const QuantizeFlags& flags) {
     recipe.evaluation = ev;
   }
   if (recipe.evaluation) {
-    if (flags.eval_samples) recipe.evaluation->samples = *flags.eval_samples;
-    if (flags.eval_seq_len) recipe.evaluation->seq_len = *flags.eval_seq_len;
+    if (flags.eval_samples)
+      recipe.evaluation->samples = *flags.eval_samples;
+    if (flags.eval_seq_len)
+      recipe.evaluation->seq_len = *flags.eval_seq_len;
   }
   if (flags.no_eval) {
     recipe.evaluation.reset();
   }
   if (!flags.scheme.empty() && !recipe.scheme) {
     // The flag names the scheme; the recipe needs no section for it.
-    recipe.scheme = ConfigNode{YAML::Node(flags.scheme), "<command line>", "scheme",
-                               YAML::Mark::null_mark()};
+    recipe.scheme =
+        ConfigNode{YAML::Node(flags.scheme), "<command line>", "scheme", YAML::Mark::null_mark()};
   }
   recipe.require({"model", "scheme", "calibration", "export"}, "moeq quantize");
   return recipe;
@@ -272,7 +291,8 @@ int run_quantize(const QuantizeFlags& flags) {
   calib_options.batch_size = recipe.calibration->batch_size;
   calib_options.seed = recipe.calibration->seed;
   calib_options.vocab_size = vocab;
-  if (bos >= 0) calib_options.bos_token_id = bos;
+  if (bos >= 0)
+    calib_options.bos_token_id = bos;
   auto calibration = pipeline::load_calibration_data(calib_options, tokenizer.get());
 
   pipeline::PipelineOptions options;
@@ -311,22 +331,24 @@ int run_quantize(const QuantizeFlags& flags) {
   const fs::path report_dir =
       ex.report.empty() ? fs::path(ex.output.string() + ".report") : ex.report;
 
-  logger().info("quantizing {} ({}) with {} to {} ({}), calibrating on {} ({} sequences x {} "
-                "tokens, mode {}) on {} in {}",
-                model_dir.string(), architecture, scheme.name, ex.output.string(),
-                exporting::to_string(ex.format), recipe.calibration->dataset.string(),
-                calibration.batches.empty() ? 0 : calibration.samples, calib_options.seq_len,
-                to_string(options.calibration.mode), device.str(), c10::toString(dtype));
+  logger().info(
+      "quantizing {} ({}) with {} to {} ({}), calibrating on {} ({} sequences x {} "
+      "tokens, mode {}) on {} in {}",
+      model_dir.string(), architecture, scheme.name, ex.output.string(),
+      exporting::to_string(ex.format), recipe.calibration->dataset.string(),
+      calibration.batches.empty() ? 0 : calibration.samples, calib_options.seq_len,
+      to_string(options.calibration.mode), device.str(), c10::toString(dtype));
 
   pipeline::Pipeline pipe(
       options,
       [&builder](const io::HfConfig& c, std::shared_ptr<runtime::WeightSource> w,
                  const runtime::RuntimeOptions& o) { return builder->build(c, std::move(w), o); },
-      [&registries, cache = std::make_shared<std::map<std::string, std::unique_ptr<ModuleAdapter>>>()](
+      [&registries,
+       cache = std::make_shared<std::map<std::string, std::shared_ptr<ModuleAdapter>>>()](
           const std::string& type) -> ModuleAdapter* {
         auto it = cache->find(type);
         if (it == cache->end()) {
-          std::unique_ptr<ModuleAdapter> adapter;
+          std::shared_ptr<ModuleAdapter> adapter;
           if (registries.module_adapters.contains(type)) {
             adapter = registries.module_adapters.create(type);
           }
@@ -346,7 +368,24 @@ int run_quantize(const QuantizeFlags& flags) {
   progress.layer_end = [&](const pipeline::LayerResult&) { bar->finish(); };
   const auto result = pipe.run(progress);
 
-  pipeline::Report report = pipeline::make_report(result, options, scheme.name);
+  pipeline::RunInfo info;
+  info.model = model_dir.string();
+  info.scheme = scheme.name;
+  info.format = std::string(exporting::to_string(ex.format));
+  info.device = device.str();
+  info.dtype = c10::toString(dtype);
+  info.calibration = recipe.calibration->dataset.string();
+  info.mode = std::string(to_string(options.calibration.mode));
+  info.min_tokens = options.calibration.min_tokens;
+  for (const auto& entry : fs::directory_iterator(model_dir)) {
+    if (entry.path().extension() == ".safetensors") {
+      info.source_bytes += static_cast<int64_t>(entry.file_size());
+    }
+  }
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  info.peak_host_bytes = static_cast<int64_t>(usage.ru_maxrss) * 1024;
+  pipeline::Report report(result, info);
   fs::create_directories(report_dir);
   report.write_json(report_dir / "report.json");
   report.write_html(report_dir / "report.html");
@@ -366,8 +405,8 @@ int run_quantize(const QuantizeFlags& flags) {
 
 Command add_quantize_command(CLI::App& app) {
   auto f = std::make_shared<QuantizeFlags>();
-  CLI::App* c = app.add_subcommand(
-      "quantize", "quantize a model: recipe (YAML) plus flags that override it");
+  CLI::App* c =
+      app.add_subcommand("quantize", "quantize a model: recipe (YAML) plus flags that override it");
   c->add_option("-c,--config", f->config, "the recipe (YAML)")->check(CLI::ExistingFile);
   c->add_option("-m,--model", f->model, "model directory (config.json + safetensors)");
   c->add_option("-s,--scheme", f->scheme, "scheme name: W4A16, W8A8-FP8, FP8-block, NVFP4 ...");

@@ -22,4 +22,7 @@ Command add_plugins_command(CLI::App& app);
 // stack with every named scheme and prints the error and size table.
 Command add_formats_command(CLI::App& app);
 
+// moeq quantize [--config FILE] [--model DIR] [--scheme S] [--output DIR] ... : the pipeline.
+Command add_quantize_command(CLI::App& app);
+
 }  // namespace moeq::cli

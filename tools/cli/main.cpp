@@ -1,6 +1,7 @@
 // moeq: quantizes Mixture-of-Experts models. Subcommands are in cmd_<name>.cpp (commands.h).
 #include <CLI/CLI.hpp>
 
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <vector>
@@ -19,6 +20,7 @@ int run(int argc, char** argv) {
 
   // The subcommands, in the order `moeq --help` lists them.
   const std::vector<moeq::cli::Command> commands = {
+      moeq::cli::add_quantize_command(app),
       moeq::cli::add_formats_command(app),
       moeq::cli::add_plugins_command(app),
   };
@@ -42,6 +44,9 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A write past the file-size limit (a full quota) fails with EFBIG and becomes an error that
+  // cleans up, instead of killing the process with partial output left behind.
+  std::signal(SIGXFSZ, SIG_IGN);
   try {
     return run(argc, argv);
   } catch (const moeq::Error& e) {

@@ -105,15 +105,14 @@ LayerSession::LayerSession(runtime::DecoderLayer& layer,
     } else {
       t.input_group = t.module;
     }
-    t.weight = std::make_unique<quant::TensorQuantizer>(*rules_.scheme.weights,
-                                                        quant::TensorRole::kWeight,
-                                                        std::string(linear->weight().name));
+    t.weight = std::make_unique<quant::TensorQuantizer>(
+        *rules_.scheme.weights, quant::TensorRole::kWeight, std::string(linear->weight().name));
     if (rules_.scheme.input_activations) {
       auto& input = inputs_[t.input_group];
       if (!input) {
-        input = std::make_unique<quant::TensorQuantizer>(
-            *rules_.scheme.input_activations, quant::TensorRole::kInput,
-            fmt::format("{} input", t.input_group));
+        input = std::make_unique<quant::TensorQuantizer>(*rules_.scheme.input_activations,
+                                                         quant::TensorRole::kInput,
+                                                         fmt::format("{} input", t.input_group));
       }
       t.input = input.get();
     }
@@ -122,7 +121,9 @@ LayerSession::LayerSession(runtime::DecoderLayer& layer,
   });
 }
 
-LayerSession::~LayerSession() { detach_all(); }
+LayerSession::~LayerSession() {
+  detach_all();
+}
 
 int64_t LayerSession::attach_adapters(const AdapterLookup& lookup) {
   int64_t claimed = 0;
@@ -135,7 +136,9 @@ int64_t LayerSession::attach_adapters(const AdapterLookup& lookup) {
   return claimed;
 }
 
-void LayerSession::on_detach(std::function<void()> undo) { undo_.push_back(std::move(undo)); }
+void LayerSession::on_detach(std::function<void()> undo) {
+  undo_.push_back(std::move(undo));
+}
 
 void LayerSession::detach_all() {
   while (!undo_.empty()) {
@@ -185,10 +188,11 @@ void LayerSession::finish_calibration() {
       }
     }
     if (!starved.empty()) {
-      logger().warn("{}: experts [{}] saw fewer than {} calibration tokens (mode '{}'); their "
-                    "weights use weight-only statistics and the block's shared input scale",
-                    cov.block, fmt::join(starved, ", "), calibration_.min_tokens,
-                    to_string(calibration_.mode));
+      logger().warn(
+          "{}: experts [{}] saw fewer than {} calibration tokens (mode '{}'); their "
+          "weights use weight-only statistics and the block's shared input scale",
+          cov.block, fmt::join(starved, ", "), calibration_.min_tokens,
+          to_string(calibration_.mode));
     }
   }
   for (auto& [group, input] : inputs_) {
@@ -238,8 +242,8 @@ fn::Handlers LayerSession::quantized_handlers() {
     if (t == nullptr) {
       return fn::linear(input, weight, bias, ref);
     }
-    MOEQ_INTERNAL_ASSERT(t->fake_weight.defined(),
-                         "'{}' run quantized before finish_calibration()", t->module);
+    MOEQ_INTERNAL_ASSERT(t->fake_weight.defined(), "'{}' run quantized before finish_calibration()",
+                         t->module);
     const at::Tensor x = t->input != nullptr ? t->input->fake_quantize(input) : input;
     return fn::linear(x, t->fake_weight, bias, ref);
   };

@@ -67,7 +67,8 @@ double sorted_quantile(const at::Tensor& sorted, double q) {
   if (n == 0) {
     return 0.0;
   }
-  const auto i = std::min<int64_t>(n - 1, static_cast<int64_t>(q * static_cast<double>(n - 1) + 0.5));
+  const auto i =
+      std::min<int64_t>(n - 1, static_cast<int64_t>(q * static_cast<double>(n - 1) + 0.5));
   return sorted[i].item<double>();
 }
 
@@ -94,7 +95,9 @@ at::Tensor kl_divergence(const at::Tensor& reference_logits, const at::Tensor& q
   return (p.exp() * (p - q)).sum(-1);
 }
 
-Pipeline::Pipeline(PipelineOptions options, ModelBuilder build, LayerSession::AdapterLookup adapters)
+Pipeline::Pipeline(PipelineOptions options,
+                   ModelBuilder build,
+                   LayerSession::AdapterLookup adapters)
     : options_(std::move(options)), build_(std::move(build)), adapters_(std::move(adapters)) {}
 
 PipelineResult Pipeline::run(const PipelineProgress& progress) {
@@ -176,7 +179,8 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       double den = 0.0;
       for (size_t b = 0; b < calib.hidden.size(); ++b) {
         auto q = layer.forward(unpark(calib.hidden[b]), calib.contexts[b]);
-        const auto diff = (q.to(at::kDouble) - reference_out[b].to(at::kDouble)).norm().item<double>();
+        const auto diff =
+            (q.to(at::kDouble) - reference_out[b].to(at::kDouble)).norm().item<double>();
         const auto ref = reference_out[b].to(at::kDouble).norm().item<double>();
         num += diff * diff;
         den += ref * ref;
@@ -273,7 +277,8 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
     ev.kl_max = all.numel() > 0 ? all[-1].item<double>() : 0.0;
     ev.ppl_reference = count > 0 ? std::exp(nll_ref / static_cast<double>(count)) : 0.0;
     ev.ppl_quantized = count > 0 ? std::exp(nll_quant / static_cast<double>(count)) : 0.0;
-    ev.top1_agreement = ev.tokens > 0 ? static_cast<double>(agree) / static_cast<double>(ev.tokens) : 0.0;
+    ev.top1_agreement =
+        ev.tokens > 0 ? static_cast<double>(agree) / static_cast<double>(ev.tokens) : 0.0;
     if (keep_eval_logits_) {
       ev.logits_reference = at::cat(keep_ref);
       ev.logits_quantized = at::cat(keep_quant);
@@ -281,9 +286,15 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
     result.eval = std::move(ev);
   }
 
-  // Modules left in high precision: every projection not quantized, and the routers.
+  // Modules left in high precision: every projection not quantized, and the routers. Every
+  // routed expert's projection the rules do not exclude must have been quantized.
+  std::vector<std::string> expected_quantized;
   model->for_each_module([&](runtime::Module& m) {
     if (auto* linear = dynamic_cast<runtime::Linear*>(&m)) {
+      const auto& ref = linear->ref();
+      if (ref.expert >= 0 && !options_.rules.ignored(linear->name(), ref.kind, ref.expert)) {
+        expected_quantized.push_back(linear->name());
+      }
       if (!quantized_weights.contains(std::string(linear->weight().name))) {
         result.ignored_modules.push_back(linear->name());
       }
@@ -299,6 +310,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
     }
     exporting::ExportSummary summary;
     summary.ignored_modules = result.ignored_modules;
+    summary.expected_quantized = std::move(expected_quantized);
     result.output = exporter->finish(summary);
     result.output_bytes = exporter->bytes_written();
   }

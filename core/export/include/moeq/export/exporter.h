@@ -40,6 +40,9 @@ struct ExportSummary {
   // Linear modules left in high precision (routers, shared-expert gates, lm_head, ignored
   // modules), written to quantization_config's `ignore` / hf_quant_config's `exclude_modules`.
   std::vector<std::string> ignored_modules;
+  // Modules that must have been quantized (every routed expert's projections): finish() fails
+  // naming the first one that was not.
+  std::vector<std::string> expected_quantized;
   // Extra key/values for the safetensors metadata and the config (moeq version, recipe).
   std::vector<std::pair<std::string, std::string>> metadata;
 };

@@ -25,10 +25,10 @@
 
 namespace moeq::pipeline {
 
-using ModelBuilder = std::function<std::unique_ptr<runtime::CausalLM>(
-    const io::HfConfig& config,
-    std::shared_ptr<runtime::WeightSource> weights,
-    const runtime::RuntimeOptions& options)>;
+using ModelBuilder =
+    std::function<std::unique_ptr<runtime::CausalLM>(const io::HfConfig& config,
+                                                     std::shared_ptr<runtime::WeightSource> weights,
+                                                     const runtime::RuntimeOptions& options)>;
 
 struct PipelineOptions {
   std::filesystem::path model_dir;
@@ -52,7 +52,7 @@ struct ProjectionResult {
   std::string module;
   std::string block;  // "" outside routed experts
   int64_t expert = -1;
-  std::string kind;   // "gate", "up", "down", "q", ...
+  std::string kind;  // "gate", "up", "down", "q", ...
   double weight_error = 0.0;
   int64_t rows_seen = 0;
   bool fallback = false;
