@@ -44,6 +44,22 @@ MODELS = {
                                     max_position_embeddings=256, rope_theta=1000000.0)),
 }
 SCHEMES = ["W4A16", "W8A8-FP8-DYNAMIC", "FP8-block", "NVFP4", "W8A8-INT8"]
+PRESETS = {"W4A16": "W4A16", "W8A8-FP8-DYNAMIC": "FP8_DYNAMIC", "FP8-block": "FP8_BLOCK",
+           "NVFP4": "NVFP4", "W8A8-INT8": "W8A8"}
+
+# transformers 5.17 fuses MoE experts in memory and decompresses per-expert compressed-tensors
+# checkpoints into the fused parameters itself (core_model_loading.DecompressExperts). Measured
+# here: that path is exact for integer weight-only schemes, but it ignores NVFP4's global scales
+# (reported as UNEXPECTED keys, weights off by ~10^4), fails on FP8 block scales ("size of tensor
+# a (256) must match ... (2)"), and runs the fused experts without the scheme's activation
+# quantization. Those cases are expected failures of the client, kept strict so that a fixed
+# transformers turns them into passes; the decompression test below covers every scheme.
+CLIENT_LIMITS = {
+    "W8A8-FP8-DYNAMIC": "transformers runs fused experts without activation quantization",
+    "FP8-block": "transformers' DecompressExperts fails on FP8 block scales",
+    "NVFP4": "transformers' DecompressExperts ignores NVFP4 global scales",
+    "W8A8-INT8": "transformers runs fused experts without activation quantization",
+}
 
 
 def _fixture_module():
@@ -104,6 +120,44 @@ def _siblings(path):
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("arch", list(MODELS))
+def test_decompressed_weights_equal_moeq_fake_quantized(models, tmp_path, arch, scheme):
+    """compressed-tensors' own decompression of every exported module equals, bit for bit, the
+    fake-quantized weight moeq's forward used."""
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.quantization import preset_name_to_scheme
+
+    model_dir = models[arch]
+    out = tmp_path / f"{arch}-{scheme}"
+    _quantize(model_dir, out, "--scheme", scheme, "--save-fake-weights")
+    qc = json.load(open(out / "config.json"))["quantization_config"]
+    compressor = BaseCompressor.get_value_from_registry(qc["format"])
+    ct_scheme = preset_name_to_scheme(PRESETS[scheme], ["Linear"])
+    exported = load_file(str(out / "model.safetensors"))
+    fake = load_file(str(out) + ".report/fake_weights.safetensors")
+    assert len(fake) > 0
+    experts = 0
+    for name, expected in fake.items():
+        module = name[: -len(".weight")]
+        tensors = {k[len(module) + 1:]: v for k, v in exported.items()
+                   if k.startswith(module + ".") and k[len(module) + 1:].startswith("weight")}
+        # pack-quantized and nvfp4 write weight_packed; float/int-quantized keep the name
+        # "weight" for the fp8/int8 values. Either way with a scale.
+        assert "weight_scale" in tensors, f"{module}: exported unquantized"
+        assert tensors.get("weight", tensors.get("weight_packed")).dtype != torch.bfloat16
+        got = compressor.decompress(dict(tensors), ct_scheme)["weight"]
+        assert got.dtype == torch.bfloat16
+        assert torch.equal(got.float(), expected.float()), f"{arch} {scheme} {module}"
+        experts += ".experts." in module
+    assert experts > 0
+    # Routers and the LM head stay in high precision and are listed in `ignore`.
+    assert "lm_head" in qc["ignore"]
+    assert all(k.endswith("weight") for k in exported if k.startswith("lm_head"))
+
+
+@pytest.mark.parametrize("scheme", [
+    pytest.param(s, marks=pytest.mark.xfail(reason=CLIENT_LIMITS[s], strict=True))
+    if s in CLIENT_LIMITS else s for s in SCHEMES])
+@pytest.mark.parametrize("arch", list(MODELS))
 def test_transformers_loads_the_export_and_matches_moeq(models, tmp_path, arch, scheme):
     import transformers
 
@@ -118,15 +172,21 @@ def test_transformers_loads_the_export_and_matches_moeq(models, tmp_path, arch, 
     assert report["layers"], report
     saved = load_file(str(out) + ".report/eval_logits.safetensors")
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
-    model.eval()
+    ids = saved["input_ids"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
     with torch.no_grad():
-        logits = model(saved["input_ids"]).logits.float()
+        model(ids[:1, :2])  # compressed-tensors decompresses on the first forward
+    # moeq's forward ran in fp32 on the bf16 fake-quantized weights: so does transformers here.
+    for p in model.parameters():
+        if p.is_floating_point():
+            p.data = p.data.float()
+    with torch.no_grad():
+        logits = model(ids).logits.float()
     ref = saved["logits_quantized"]
-    # moeq computes in fp32 with the bf16-stored fake-quantized weights, as transformers does
-    # after decompression; activation quantization (dynamic per token, FP8/INT8) runs in both.
-    err = (logits - ref).abs().max() / ref.abs().max()
-    assert err < 2e-3, f"{arch} {scheme}: max relative logit difference {err:.2e}"
+    err = ((logits - ref).abs().max() / ref.abs().max()).item()
+    # Same weights, fp32 both sides: only summation order differs.
+    tolerance = 1e-5
+    assert err < tolerance, f"{arch} {scheme}: max relative logit difference {err:.2e}"
 
 
 def test_malformed_recipe_names_line_and_column(models, tmp_path):

@@ -56,6 +56,7 @@ struct QuantizeFlags {
   bool overwrite = false;
   std::string report;
   bool save_eval_logits = false;
+  bool save_fake_weights = false;
   std::vector<std::string> plugins;
 };
 
@@ -330,6 +331,15 @@ int run_quantize(const QuantizeFlags& flags) {
   options.export_options.scheme_name = scheme.name;
   const fs::path report_dir =
       ex.report.empty() ? fs::path(ex.output.string() + ".report") : ex.report;
+  std::unique_ptr<io::SafetensorsWriter> fake_writer;
+  if (flags.save_fake_weights) {
+    fs::create_directories(report_dir);
+    fake_writer = std::make_unique<io::SafetensorsWriter>(
+        report_dir, io::SafetensorsWriterOptions{.prefix = "fake_weights"});
+    options.on_fake_weight = [&fake_writer](const std::string& module, const at::Tensor& w) {
+      fake_writer->add(module + ".weight", w);
+    };
+  }
 
   logger().info(
       "quantizing {} ({}) with {} to {} ({}), calibrating on {} ({} sequences x {} "
@@ -389,6 +399,9 @@ int run_quantize(const QuantizeFlags& flags) {
   fs::create_directories(report_dir);
   report.write_json(report_dir / "report.json");
   report.write_html(report_dir / "report.html");
+  if (fake_writer) {
+    fake_writer->finish();
+  }
   if (flags.save_eval_logits && result.eval) {
     io::SafetensorsWriter writer(report_dir, io::SafetensorsWriterOptions{.prefix = "eval_logits"});
     writer.add("input_ids", at::cat(options.eval_batches));
@@ -435,6 +448,9 @@ Command add_quantize_command(CLI::App& app) {
   c->add_option("--report", f->report, "report directory (default: <output>.report)");
   c->add_flag("--save-eval-logits", f->save_eval_logits,
               "also write both models' evaluation logits (report dir, eval_logits.safetensors)");
+  c->add_flag("--save-fake-weights", f->save_fake_weights,
+              "also write every quantized projection's fake-quantized weight (report dir, "
+              "fake_weights.safetensors): what the engines must decompress");
   c->add_option("-p,--plugin", f->plugins, "a plugin to load as well (repeatable)");
   return Command{c, [f] { return run_quantize(*f); }};
 }

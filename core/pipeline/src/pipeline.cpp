@@ -216,6 +216,9 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       }
     }
     for (auto& t : session.targets()) {
+      if (options_.on_fake_weight) {
+        options_.on_fake_weight(t.module, t.fake_weight);
+      }
       if (exporter) {
         exporter->add_quantized(t.module, t.source_weight.to(at::kCPU), *t.weight, t.input,
                                 at::Tensor());

@@ -45,6 +45,10 @@ struct PipelineOptions {
   bool offload_activations = false;
   exporting::ExportOptions export_options;
   bool write_checkpoint = true;  // false: calibrate, quantize and evaluate only
+  // Called with each quantized projection's fake-quantized weight (its stored dtype's values, in
+  // the compute dtype) while its layer is resident: tests compare the engines' decompression
+  // against it.
+  std::function<void(const std::string& module, const at::Tensor& fake_weight)> on_fake_weight;
 };
 
 // One quantized projection, for the report.
