@@ -155,15 +155,15 @@ TEST(RecipeConfigTest, WrongType) {
 TEST(RecipeConfigTest, UnknownKeys) {
   EXPECT_EQ(recipe_error("plugins: []\nmodle:\n  path: /m\n"),
             "recipe.yaml:2:1: modle: unknown key (did you mean 'model'?); known keys: adapters, "
-            "calibration, "
-            "export, model, plugin_path, plugins, scheme");
+            "calibration, evaluation, export, model, plugin_path, plugins, quantize, scheme");
   EXPECT_EQ(recipe_error("calibration:\n  dataset: c\n  sample: 5\n"),
             "recipe.yaml:3:3: calibration.sample: unknown key (did you mean 'samples'?); known "
             "keys: batch_size, "
             "dataset, format, min_tokens, mode, ratio, samples, seed, seq_len");
   EXPECT_EQ(
       recipe_error("export:\n  output: o\n  compression: zstd\n"),
-      "recipe.yaml:3:3: export.compression: unknown key; known keys: format, output, shard_size");
+      "recipe.yaml:3:3: export.compression: unknown key; known keys: format, output, overwrite, "
+      "report, shard_size");
 }
 
 TEST(RecipeConfigTest, MissingRequiredFields) {
