@@ -159,38 +159,37 @@ std::shared_ptr<const Schema> quantize_schema() {
 
 std::shared_ptr<const Schema> evaluation_schema() {
   static const auto schema = std::make_shared<const Schema>(
-      "evaluation",
-      std::vector<Field>{
-          {.name = "dataset",
-           .type = FieldType::kString,
-           .required = true,
-           .doc = "held-out data (same formats as calibration)"},
-          {.name = "format",
-           .type = FieldType::kString,
-           .default_value = std::string("auto"),
-           .choices = {"auto", "jsonl", "safetensors", "text"},
-           .doc = "the data file's format"},
-          {.name = "samples",
-           .type = FieldType::kInteger,
-           .default_value = int64_t{16},
-           .min = 1,
-           .doc = "number of evaluation sequences"},
-          {.name = "seq_len",
-           .type = FieldType::kInteger,
-           .default_value = int64_t{256},
-           .min = 2,
-           .doc = "tokens per sequence"},
-          {.name = "batch_size",
-           .type = FieldType::kInteger,
-           .default_value = int64_t{4},
-           .min = 1,
-           .doc = "sequences per forward pass"},
-          {.name = "seed",
-           .type = FieldType::kInteger,
-           .default_value = int64_t{1},
-           .min = 0,
-           .doc = "seed for sampling the sequences"},
-      });
+      "evaluation", std::vector<Field>{
+                        {.name = "dataset",
+                         .type = FieldType::kString,
+                         .required = true,
+                         .doc = "held-out data (same formats as calibration)"},
+                        {.name = "format",
+                         .type = FieldType::kString,
+                         .default_value = std::string("auto"),
+                         .choices = {"auto", "jsonl", "safetensors", "text"},
+                         .doc = "the data file's format"},
+                        {.name = "samples",
+                         .type = FieldType::kInteger,
+                         .default_value = int64_t{16},
+                         .min = 1,
+                         .doc = "number of evaluation sequences"},
+                        {.name = "seq_len",
+                         .type = FieldType::kInteger,
+                         .default_value = int64_t{256},
+                         .min = 2,
+                         .doc = "tokens per sequence"},
+                        {.name = "batch_size",
+                         .type = FieldType::kInteger,
+                         .default_value = int64_t{4},
+                         .min = 1,
+                         .doc = "sequences per forward pass"},
+                        {.name = "seed",
+                         .type = FieldType::kInteger,
+                         .default_value = int64_t{1},
+                         .min = 0,
+                         .doc = "seed for sampling the sequences"},
+                    });
   return schema;
 }
 
@@ -252,7 +251,7 @@ Recipe build_recipe(const ConfigNode& root, const fs::path& file, const fs::path
     const ParsedFields& exporting = parsed.section("export");
     ExportConfig config;
     config.format = exporting.string("format") == "modelopt" ? ExportFormat::kModelOpt
-                                                            : ExportFormat::kCompressedTensors;
+                                                             : ExportFormat::kCompressedTensors;
     config.output = resolve(base_dir, exporting.string("output"));
     config.shard_size = exporting.integer("shard_size");
     if (!exporting.string("report").empty()) {

@@ -53,15 +53,15 @@ struct TinyLayer {
         std::make_unique<Attention>("MixtralAttention", p + ".self_attn", attn, rotary));
     layer->set_post_attention_layernorm(std::make_unique<RMSNorm>(
         "MixtralRMSNorm", p + ".post_attention_layernorm", kHidden, 1e-5));
-    auto block = std::make_unique<SparseMoeBlock>("MixtralSparseMoeBlock",
-                                                  p + ".block_sparse_moe", SparseMoeOptions{});
+    auto block = std::make_unique<SparseMoeBlock>("MixtralSparseMoeBlock", p + ".block_sparse_moe",
+                                                  SparseMoeOptions{});
     SoftmaxTopKOptions router;
     router.hidden_size = kHidden;
     router.num_experts = kExperts;
     router.top_k = kTopK;
     router.normalize_topk = true;
-    block->set_router(std::make_unique<SoftmaxTopKRouter>(
-        "MixtralTopKRouter", p + ".block_sparse_moe.gate", router));
+    block->set_router(std::make_unique<SoftmaxTopKRouter>("MixtralTopKRouter",
+                                                          p + ".block_sparse_moe.gate", router));
     GatedMlpOptions expert;
     expert.hidden_size = kHidden;
     expert.intermediate_size = 64;
@@ -75,8 +75,7 @@ struct TinyLayer {
     moe = layer->moe();
     auto gen = at::make_generator<at::CPUGeneratorImpl>(1234);
     layer->for_each_parameter([&](Parameter& param) {
-      auto t = param.shape.size() == 1 ? at::ones(param.shape)
-                                       : at::randn(param.shape, gen) * 0.2;
+      auto t = param.shape.size() == 1 ? at::ones(param.shape) : at::randn(param.shape, gen) * 0.2;
       source->set(param.name, t);
     });
     layer->load(*source, Placement{});

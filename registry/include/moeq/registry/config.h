@@ -63,8 +63,8 @@ struct CalibrationConfig {
 struct ExportConfig {
   ExportFormat format = ExportFormat::kCompressedTensors;
   std::filesystem::path output;
-  int64_t shard_size = 0;         // bytes
-  std::filesystem::path report;   // empty: <output>.report
+  int64_t shard_size = 0;        // bytes
+  std::filesystem::path report;  // empty: <output>.report
   bool overwrite = false;
 };
 
