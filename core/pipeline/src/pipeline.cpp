@@ -220,7 +220,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
         options_.on_fake_weight(t.module, t.fake_weight);
       }
       if (exporter) {
-        exporter->add_quantized(t.module, t.source_weight.to(at::kCPU), *t.weight, t.input,
+        exporter->add_quantized(t.module, t.source_weight, *t.weight, t.input,
                                 at::Tensor());
       }
       quantized_weights.insert(std::string(t.linear->weight().name));
