@@ -2,6 +2,8 @@
 
 #include <moeq/core/error.h>
 
+#include "checkpoint_exporter.h"
+
 namespace moeq::exporting {
 
 std::string_view to_string(ExportFormat format) {
@@ -26,5 +28,16 @@ ExportFormat parse_export_format(std::string_view text) {
 }
 
 Exporter::~Exporter() = default;
+
+std::unique_ptr<Exporter> make_exporter(const ExportOptions& options) {
+  switch (options.format) {
+    case ExportFormat::kCompressedTensors:
+      return make_compressed_tensors_exporter(options);
+    case ExportFormat::kModelOpt:
+      return make_modelopt_exporter(options);
+  }
+  MOEQ_INTERNAL_ASSERT(false, "unknown export format {}", static_cast<int>(options.format));
+  return nullptr;
+}
 
 }  // namespace moeq::exporting

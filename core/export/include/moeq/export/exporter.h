@@ -40,6 +40,10 @@ struct ExportSummary {
   // Linear modules left in high precision (routers, shared-expert gates, lm_head, ignored
   // modules), written to quantization_config's `ignore` / hf_quant_config's `exclude_modules`.
   std::vector<std::string> ignored_modules;
+  // Embedding modules ("model.embed_tokens"): written as is by both exporters; ModelOpt also
+  // lists them in exclude_modules (its QuantEmbedding has disabled quantizers), compressed-tensors
+  // does not (it targets Linear only).
+  std::vector<std::string> unquantized_embeddings;
   // Modules that must have been quantized (every routed expert's projections): finish() fails
   // naming the first one that was not.
   std::vector<std::string> expected_quantized;
