@@ -9,10 +9,11 @@ device="${3:-cuda}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 mkdir -p "$out"
 for scheme in W4A16 W8A8-FP8 NVFP4 FP8-block MXFP4; do
-  start=$(date +%s.%N)
+  start=$(date +%s%N)
   "$build/tools/cli/moeq" quantize --config "$root/tools/recipes/default.yaml" --scheme "$scheme" \
     --device "$device" --output "$out/default-$scheme" --overwrite >"$out/quantize-$scheme.txt" 2>&1
-  end=$(date +%s.%N)
-  printf '%s\t%.2f s\n' "$scheme" "$(echo "$end - $start" | bc)" | tee -a "$out/quantize-times.tsv"
+  end=$(date +%s%N)
+  ms=$(((end - start) / 1000000))
+  printf '%s\t%d.%03d s\n' "$scheme" $((ms / 1000)) $((ms % 1000)) | tee -a "$out/quantize-times.tsv"
   grep -E "time|eval|worst|quantized" "$out/quantize-$scheme.txt" | sed 's/^/    /'
 done
