@@ -11,6 +11,8 @@
 namespace moeq::exporting {
 namespace {
 
+namespace fs = std::filesystem;
+
 using io::testing::read_bytes;
 using io::testing::ScratchDir;
 using nlohmann::json;
@@ -114,8 +116,8 @@ TEST(ExportCheckpoint, ModelOptNvfp4) {
   ScratchDir dir;
   testing::make_source(dir / "src");
   TinyExperts experts(quant::preset_scheme("NVFP4"), 2, 128, 64);
-  auto exporter = make_exporter(
-      options_for(dir / "src", dir / "out", "NVFP4", ExportFormat::kModelOpt));
+  auto exporter =
+      make_exporter(options_for(dir / "src", dir / "out", "NVFP4", ExportFormat::kModelOpt));
   experts.add_all(*exporter);
   exporter->finish(testing::summary_for(experts.names()));
   io::SafetensorsCheckpoint ckpt(dir / "out");

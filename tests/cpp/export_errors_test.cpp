@@ -8,13 +8,13 @@
 namespace moeq::exporting {
 namespace {
 
+namespace fs = std::filesystem;
+
 using io::testing::read_bytes;
 using io::testing::ScratchDir;
 using testing::options_for;
 using testing::siblings;
 using testing::TinyExperts;
-
-#define EXPORT_ERROR_OF(statement) MOEQ_IO_ERROR_OF(statement)
 
 const std::string kExperts = "model.layers.0.block_sparse_moe.experts.";
 
@@ -110,8 +110,8 @@ TEST(ExportErrors, GateUpWeightScale2DiffersForModelOpt) {
   testing::make_source(dir / "src");
   TinyExperts experts(quant::preset_scheme("NVFP4"), 1, 128, 64, /*fuse_gate_up=*/false);
   const std::string message = EXPORT_ERROR_OF({
-    auto exporter = make_exporter(
-        options_for(dir / "src", dir / "out", "NVFP4", ExportFormat::kModelOpt));
+    auto exporter =
+        make_exporter(options_for(dir / "src", dir / "out", "NVFP4", ExportFormat::kModelOpt));
     experts.add_all(*exporter);
   });
   EXPECT_CONTAINS(message, kExperts + "0.w3.weight_scale_2");
@@ -137,33 +137,55 @@ TEST(ExportErrors, ExpertInputScalesDiffer) {
   EXPECT_TRUE(siblings(dir.path(), "out").empty());
 }
 
+// W4A16 with group 32: Marlin's tile over the intermediate size is max(64, 32) = 64.
+quant::QuantScheme w4a16_group32() {
+  auto scheme = quant::preset_scheme("W4A16");
+  scheme.weights->group_size = 32;
+  return scheme.validate();
+}
+
 TEST(ExportErrors, MarlinIntermediateSize) {
   ScratchDir dir;
   testing::make_source(dir / "src");
-  TinyExperts experts(quant::preset_scheme("W4A16"), 1, 128, 96);  // I = 96, group 128
+  TinyExperts experts(w4a16_group32(), 1, 128, 96);  // I = 96
+  auto options = options_for(dir / "src", dir / "out", "W4A16");
+  options.scheme = w4a16_group32();
   const std::string message = EXPORT_ERROR_OF({
-    auto exporter = make_exporter(options_for(dir / "src", dir / "out", "W4A16"));
+    auto exporter = make_exporter(options);
     experts.add_all(*exporter);
   });
   EXPECT_CONTAINS(message, kExperts + "0.w1.weight");
   EXPECT_CONTAINS(message, "Marlin");
-  EXPECT_CONTAINS(message, "intermediate size divisible by max(64, group size) = 128");
+  EXPECT_CONTAINS(message, "intermediate size divisible by max(64, group size) = 64");
+  EXPECT_CONTAINS(message, "intermediate size is 96");
   EXPECT_TRUE(siblings(dir.path(), "out").empty());
 }
 
-TEST(ExportErrors, GroupSizeMustDivideTheInputDimension) {
+TEST(ExportErrors, MarlinHiddenSize) {
   ScratchDir dir;
   testing::make_source(dir / "src");
-  const auto scheme = quant::preset_scheme("W4A16");
-  quant::TensorQuantizer q(*scheme.weights, quant::TensorRole::kWeight, "o_proj");
-  const at::Tensor w = testing::random_weight(128, 96, 1);
-  q.observe(w);
+  TinyExperts experts(w4a16_group32(), 1, 96, 128);  // H = 96
+  auto options = options_for(dir / "src", dir / "out", "W4A16");
+  options.scheme = w4a16_group32();
   const std::string message = EXPORT_ERROR_OF({
-    auto exporter = make_exporter(options_for(dir / "src", dir / "out", "W4A16"));
-    exporter->add_quantized("model.layers.0.self_attn.o_proj", w, q, nullptr, {});
+    auto exporter = make_exporter(options);
+    experts.add_all(*exporter);
   });
-  EXPECT_CONTAINS(message, "model.layers.0.self_attn.o_proj.weight");
-  EXPECT_CONTAINS(message, "not divisible by the group size 128");
+  EXPECT_CONTAINS(message, kExperts + "0.w1.weight");
+  EXPECT_CONTAINS(message, "hidden size divisible by 128");
+  EXPECT_TRUE(siblings(dir.path(), "out").empty());
+}
+
+TEST(ExportErrors, W4A8Fp8NeedsPackQuantized) {
+  ScratchDir dir;
+  testing::make_source(dir / "src");
+  TinyExperts experts(quant::preset_scheme("W4A8-FP8"), 1, 256, 256);
+  const std::string message = EXPORT_ERROR_OF({
+    auto exporter = make_exporter(options_for(dir / "src", dir / "out", "W4A8-FP8"));
+    experts.add_all(*exporter);
+  });
+  EXPECT_CONTAINS(message, kExperts + "0.w1.weight");
+  EXPECT_CONTAINS(message, "loads pack-quantized weights, the scheme's format is int-quantized");
   EXPECT_TRUE(siblings(dir.path(), "out").empty());
 }
 
@@ -175,8 +197,9 @@ TEST(ExportErrors, Fp8BlockIntermediateSize) {
     auto exporter = make_exporter(options_for(dir / "src", dir / "out", "FP8-block"));
     experts.add_all(*exporter);
   });
-  EXPECT_CONTAINS(message, "FP8 block MoE kernel needs the intermediate size divisible by the "
-                           "block height 128");
+  EXPECT_CONTAINS(message,
+                  "FP8 block MoE kernel needs the intermediate size divisible by the "
+                  "block height 128");
   EXPECT_TRUE(siblings(dir.path(), "out").empty());
 }
 
@@ -214,8 +237,8 @@ TEST(ExportErrors, ExpertWrittenAsIsWithoutBeingIgnored) {
 TEST(ExportErrors, ModelOptHasNoLayoutForTheScheme) {
   ScratchDir dir;
   testing::make_source(dir / "src");
-  const std::string message = EXPORT_ERROR_OF(make_exporter(
-      options_for(dir / "src", dir / "out", "MXFP4", ExportFormat::kModelOpt)));
+  const std::string message = EXPORT_ERROR_OF(
+      make_exporter(options_for(dir / "src", dir / "out", "MXFP4", ExportFormat::kModelOpt)));
   EXPECT_CONTAINS(message, "scheme 'MXFP4'");
   for (const char* algo : {"FP8", "NVFP4", "W4A16_NVFP4", "W4A16_AWQ"}) {
     EXPECT_CONTAINS(message, algo);
@@ -226,8 +249,10 @@ TEST(ExportErrors, ModelOptHasNoLayoutForTheScheme) {
 TEST(ExportErrors, FinishRefusedAfterAFailedAdd) {
   ScratchDir dir;
   testing::make_source(dir / "src");
-  TinyExperts experts(quant::preset_scheme("W4A16"), 1, 128, 96);
-  auto exporter = make_exporter(options_for(dir / "src", dir / "out", "W4A16"));
+  TinyExperts experts(w4a16_group32(), 1, 128, 96);
+  auto options = options_for(dir / "src", dir / "out", "W4A16");
+  options.scheme = w4a16_group32();
+  auto exporter = make_exporter(options);
   EXPECT_THROW(experts.add_all(*exporter), Error);
   EXPECT_CONTAINS(EXPORT_ERROR_OF(exporter->finish(testing::summary_for({}))), "failed earlier");
   exporter.reset();

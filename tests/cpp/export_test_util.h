@@ -4,6 +4,7 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <moeq/core/error.h>
 #include <moeq/export/exporter.h>
 #include <moeq/quant/tensor_quantizer.h>
 
@@ -106,8 +107,8 @@ class TinyExperts {
   }
 
   Module& find(int64_t expert, const std::string& proj) {
-    const std::string name = fmt::format("model.layers.0.block_sparse_moe.experts.{}.{}", expert,
-                                         proj);
+    const std::string name =
+        fmt::format("model.layers.0.block_sparse_moe.experts.{}.{}", expert, proj);
     for (auto& m : modules_) {
       if (m.name == name) {
         return m;
@@ -151,8 +152,7 @@ inline ExportOptions options_for(const fs::path& source,
 
 // The high-precision tensors a Mixtral layer adds besides its experts.
 inline void add_passthrough(Exporter& exporter) {
-  exporter.add_tensor("model.layers.0.block_sparse_moe.gate.weight",
-                      random_weight(2, 128, 7));
+  exporter.add_tensor("model.layers.0.block_sparse_moe.gate.weight", random_weight(2, 128, 7));
   exporter.add_tensor("lm_head.weight", random_weight(16, 128, 8));
 }
 
@@ -164,3 +164,15 @@ inline ExportSummary summary_for(const std::vector<std::string>& expected) {
 }
 
 }  // namespace moeq::exporting::testing
+
+// The message of the moeq::Error the statements throw ("" and a test failure when none).
+#define EXPORT_ERROR_OF(...)                        \
+  [&]() -> std::string {                            \
+    try {                                           \
+      __VA_ARGS__;                                  \
+    } catch (const ::moeq::Error& e) {              \
+      return e.message();                           \
+    }                                               \
+    ADD_FAILURE() << #__VA_ARGS__ " did not throw"; \
+    return {};                                      \
+  }()

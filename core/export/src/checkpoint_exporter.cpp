@@ -170,8 +170,7 @@ void CheckpointExporter::check_summary(const ExportSummary& summary) const {
 
 fs::path CheckpointExporter::finish(const ExportSummary& summary) {
   MOEQ_CHECK(!finished_, "the export to '{}' already finished", output_.string());
-  MOEQ_CHECK(!failed_, "the export to '{}' failed earlier; nothing was written",
-             output_.string());
+  MOEQ_CHECK(!failed_, "the export to '{}' failed earlier; nothing was written", output_.string());
   guarded(failed_, [&] {
     check_summary(summary);
     writer_->finish();

@@ -18,10 +18,9 @@ constexpr const char* kCompressedTensorsVersion = "0.20.0";
 class CompressedTensorsExporter final : public CheckpointExporter {
  public:
   explicit CompressedTensorsExporter(const ExportOptions& options)
-      : CheckpointExporter(
-            options,
-            SharedScales({"weight_global_scale"},
-                         {"input_scale", "input_zero_point", "input_global_scale"})),
+      : CheckpointExporter(options,
+                           SharedScales({"weight_global_scale"},
+                                        {"input_scale", "input_zero_point", "input_global_scale"})),
         format_(options.scheme.compression_format()) {
     MOEQ_CHECK(format_ != quant::CompressionFormat::kDense &&
                    format_ != quant::CompressionFormat::kMixedPrecision,
@@ -51,17 +50,15 @@ class CompressedTensorsExporter final : public CheckpointExporter {
   void write_configs(const fs::path& directory,
                      const ExportSummary& summary,
                      const std::vector<std::string>& /*quantized*/) override {
+    // infer_model_format sets each quantized module's scheme.format before the config is built.
+    json group = options().scheme.to_json();
+    group["format"] = std::string(quant::to_string(format_));
     json qc = {
-        {"version", kCompressedTensorsVersion},
-        {"quant_method", "compressed-tensors"},
-        {"sparsity_config", json::object()},
-        {"transform_config", json::object()},
-        {"config_groups", {{"group_0", options().scheme.to_json()}}},
-        {"format", std::string(quant::to_string(format_))},
-        {"quantization_status", "compressed"},
-        {"global_compression_ratio", nullptr},
-        {"ignore", summary.ignored_modules},
-        {"kv_cache_scheme", nullptr},
+        {"version", kCompressedTensorsVersion},  {"quant_method", "compressed-tensors"},
+        {"sparsity_config", json::object()},     {"transform_config", json::object()},
+        {"config_groups", {{"group_0", group}}}, {"format", std::string(quant::to_string(format_))},
+        {"quantization_status", "compressed"},   {"global_compression_ratio", nullptr},
+        {"ignore", summary.ignored_modules},     {"kv_cache_scheme", nullptr},
         {"moe_sparsity_config", nullptr},
     };
     // nlohmann::json keeps objects sorted: sort_keys=True.

@@ -16,9 +16,9 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::ordered_json;
 
-constexpr quant::ModelOptAlgo kAlgos[] = {
-    quant::ModelOptAlgo::kFp8, quant::ModelOptAlgo::kNvfp4, quant::ModelOptAlgo::kW4A16Nvfp4,
-    quant::ModelOptAlgo::kW4A16Awq};
+constexpr quant::ModelOptAlgo kAlgos[] = {quant::ModelOptAlgo::kFp8, quant::ModelOptAlgo::kNvfp4,
+                                          quant::ModelOptAlgo::kW4A16Nvfp4,
+                                          quant::ModelOptAlgo::kW4A16Awq};
 
 std::optional<quant::ModelOptAlgo> algo_named(std::string_view name) {
   for (const auto algo : kAlgos) {
@@ -43,17 +43,17 @@ std::string supported_schemes() {
 quant::ModelOptAlgo algo_for(const ExportOptions& options) {
   const auto name = quant::modelopt_quant_algo(options.scheme);
   const auto algo = name ? algo_named(*name) : std::nullopt;
-  MOEQ_CHECK(algo.has_value(),
-             "scheme '{}' has no ModelOpt unified HF layout moeq writes{}; the ModelOpt quant_algos "
-             "moeq writes are {}, for the schemes {}; export '{}' as compressed-tensors instead",
-             options.scheme_name,
-             name ? fmt::format(" (its ModelOpt quant_algo would be {})", *name) : std::string(),
-             fmt::join(std::vector<std::string_view>{quant::to_string(kAlgos[0]),
-                                                     quant::to_string(kAlgos[1]),
-                                                     quant::to_string(kAlgos[2]),
-                                                     quant::to_string(kAlgos[3])},
-                       ", "),
-             supported_schemes(), options.scheme_name);
+  MOEQ_CHECK(
+      algo.has_value(),
+      "scheme '{}' has no ModelOpt unified HF layout moeq writes{}; the ModelOpt quant_algos "
+      "moeq writes are {}, for the schemes {}; export '{}' as compressed-tensors instead",
+      options.scheme_name,
+      name ? fmt::format(" (its ModelOpt quant_algo would be {})", *name) : std::string(),
+      fmt::join(
+          std::vector<std::string_view>{quant::to_string(kAlgos[0]), quant::to_string(kAlgos[1]),
+                                        quant::to_string(kAlgos[2]), quant::to_string(kAlgos[3])},
+          ", "),
+      supported_schemes(), options.scheme_name);
   return *algo;
 }
 

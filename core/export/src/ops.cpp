@@ -42,8 +42,8 @@ std::vector<at::Tensor> export_checkpoint_op(const std::vector<std::string>& mod
   MOEQ_CHECK(modules.size() == weights.size() && modules.size() == inputs.size(),
              "{} modules for {} weights and {} inputs", modules.size(), weights.size(),
              inputs.size());
-  MOEQ_CHECK(tensor_names.size() == tensors.size(), "{} names for {} tensors",
-             tensor_names.size(), tensors.size());
+  MOEQ_CHECK(tensor_names.size() == tensors.size(), "{} names for {} tensors", tensor_names.size(),
+             tensors.size());
   ExportOptions options;
   options.format = parse_export_format(format);
   options.model_dir = model_dir;

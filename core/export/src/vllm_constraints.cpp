@@ -66,10 +66,11 @@ void check_wna16_marlin(const QuantArgs& w,
              "hidden size is {}",
              tensor, d.hidden);
   const int64_t tile = std::max<int64_t>(64, g);
-  MOEQ_CHECK(d.intermediate % tile == 0,
-             "'{}': vLLM's Marlin MoE kernel needs the intermediate size divisible by max(64, group "
-             "size) = {}, the expert's intermediate size is {}",
-             tensor, tile, d.intermediate);
+  MOEQ_CHECK(
+      d.intermediate % tile == 0,
+      "'{}': vLLM's Marlin MoE kernel needs the intermediate size divisible by max(64, group "
+      "size) = {}, the expert's intermediate size is {}",
+      tensor, tile, d.intermediate);
 }
 
 // CompressedTensorsW8A8Fp8MoEMethod.
@@ -78,11 +79,11 @@ void check_fp8_moe(const quant::QuantScheme& scheme, const std::string& module, 
   const QuantArgs& w = *scheme.weights;
   const auto& a = scheme.input_activations;
   const Strategy s = w.resolved_strategy();
-  const bool per_tensor =
-      s == Strategy::kTensor && a && !a->is_dynamic() && a->resolved_strategy() == Strategy::kTensor;
+  const bool per_tensor = s == Strategy::kTensor && a && !a->is_dynamic() &&
+                          a->resolved_strategy() == Strategy::kTensor;
   const bool channel_token = s == Strategy::kChannel && dynamic_per_token(a);
-  const bool block = s == Strategy::kBlock && a && a->is_dynamic() &&
-                     a->resolved_strategy() == Strategy::kGroup;
+  const bool block =
+      s == Strategy::kBlock && a && a->is_dynamic() && a->resolved_strategy() == Strategy::kGroup;
   MOEQ_CHECK(per_tensor || channel_token || block,
              "'{}': vLLM's FP8 MoE kernels take per-tensor weights with static per-tensor "
              "activations, per-channel weights with dynamic per-token activations, or block "
@@ -121,8 +122,10 @@ void check_int_activation_moe(const quant::QuantScheme& scheme,
                tensor, quant::to_string(s));
     return;
   }
-  MOEQ_CHECK(w.num_bits == 4, "'{}': vLLM has no MoE kernel for {}-bit integer weights with "
-             "activation quantization", tensor, w.num_bits);
+  MOEQ_CHECK(w.num_bits == 4,
+             "'{}': vLLM has no MoE kernel for {}-bit integer weights with "
+             "activation quantization",
+             tensor, w.num_bits);
   MOEQ_CHECK(dynamic_per_token(scheme.input_activations),
              "'{}': vLLM's W4A8 MoE kernels need dynamic per-token activations", tensor);
   if (a.type == QuantType::kFloat) {
@@ -171,8 +174,10 @@ void check_vllm_constraints(const quant::QuantScheme& scheme,
   if (w.is_fp4() || (w.type == QuantType::kInt && w.num_bits == 4 && !format)) {
     // Two 4-bit values per byte along the packed dimension.
     const int64_t packed = w.is_fp4() ? in : out;
-    MOEQ_CHECK(packed % 2 == 0, "'{}' [{}, {}]: 4-bit values are packed in pairs along a "
-               "dimension of odd size {}", tensor, out, in, packed);
+    MOEQ_CHECK(packed % 2 == 0,
+               "'{}' [{}, {}]: 4-bit values are packed in pairs along a "
+               "dimension of odd size {}",
+               tensor, out, in, packed);
   }
   if (expert_pattern(module).empty()) {
     return;
