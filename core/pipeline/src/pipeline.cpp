@@ -220,8 +220,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
         options_.on_fake_weight(t.module, t.fake_weight);
       }
       if (exporter) {
-        exporter->add_quantized(t.module, t.source_weight, *t.weight, t.input,
-                                at::Tensor());
+        exporter->add_quantized(t.module, t.source_weight, *t.weight, t.input, at::Tensor());
       }
       quantized_weights.insert(std::string(t.linear->weight().name));
       result.quantized_parameters += t.source_weight.numel();
@@ -314,6 +313,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
     exporting::ExportSummary summary;
     summary.ignored_modules = result.ignored_modules;
     summary.expected_quantized = std::move(expected_quantized);
+    summary.unquantized_embeddings.push_back(model->embed_tokens().name());
     result.output = exporter->finish(summary);
     result.output_bytes = exporter->bytes_written();
   }
