@@ -220,7 +220,9 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
         options_.on_fake_weight(t.module, t.fake_weight);
       }
       if (exporter) {
+        const auto before = exporter->bytes_written();
         exporter->add_quantized(t.module, t.source_weight, *t.weight, t.input, at::Tensor());
+        result.quantized_bytes += exporter->bytes_written() - before;
       }
       quantized_weights.insert(std::string(t.linear->weight().name));
       result.quantized_parameters += t.source_weight.numel();

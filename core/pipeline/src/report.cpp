@@ -174,6 +174,10 @@ Report::Report(const PipelineResult& result, const RunInfo& info) {
       {"calibration_tokens", result.calibration_tokens},
       {"seconds", result.seconds},
       {"quantized_parameters", result.quantized_parameters},
+      {"bits_per_weight", result.quantized_parameters > 0
+                              ? 8.0 * static_cast<double>(result.quantized_bytes) /
+                                    static_cast<double>(result.quantized_parameters)
+                              : 0.0},
       {"output", result.output.string()},
       {"output_bytes", result.output_bytes},
       {"source_bytes", info.source_bytes},
@@ -401,11 +405,12 @@ std::string Report::summary_text() const {
       seconds, run["device"].get<std::string>(), run["dtype"].get<std::string>(),
       json_["layers"].size(), tokens,
       seconds > 0 ? tokens * static_cast<double>(json_["layers"].size()) / seconds : 0.0);
-  s += fmt::format("  quantized {} parameters; output {} (source {}), peak host memory {}\n",
-                   run["quantized_parameters"].get<int64_t>(),
-                   bytes_text(run["output_bytes"].get<double>()),
-                   bytes_text(run["source_bytes"].get<double>()),
-                   bytes_text(run["peak_host_bytes"].get<double>()));
+  s += fmt::format(
+      "  quantized {} parameters at {:.3f} bits per weight; output {} (source {}), "
+      "peak host memory {}\n",
+      run["quantized_parameters"].get<int64_t>(), run["bits_per_weight"].get<double>(),
+      bytes_text(run["output_bytes"].get<double>()), bytes_text(run["source_bytes"].get<double>()),
+      bytes_text(run["peak_host_bytes"].get<double>()));
   double worst = 0.0;
   int64_t worst_layer = 0;
   for (const auto& layer : json_["layers"]) {

@@ -92,6 +92,7 @@ struct PipelineResult {
   double seconds = 0.0;
   int64_t peak_device_bytes = 0;  // CUDA only
   int64_t quantized_parameters = 0;
+  int64_t quantized_bytes = 0;  // what the quantized projections take in the output
   int64_t output_bytes = 0;
   std::filesystem::path output;
   std::vector<std::string> ignored_modules;
