@@ -22,6 +22,10 @@ Command add_plugins_command(CLI::App& app);
 // stack with every named scheme and prints the error and size table.
 Command add_formats_command(CLI::App& app);
 
+// moeq inspect MODEL_DIR [--config FILE] [--json]: architecture, adapters and tiers, unclaimed
+// tensors.
+Command add_inspect_command(CLI::App& app);
+
 // moeq quantize [--config FILE] [--model DIR] [--scheme S] [--output DIR] ... : the pipeline.
 Command add_quantize_command(CLI::App& app);
 

@@ -21,6 +21,7 @@ int run(int argc, char** argv) {
   // The subcommands, in the order `moeq --help` lists them.
   const std::vector<moeq::cli::Command> commands = {
       moeq::cli::add_quantize_command(app),
+      moeq::cli::add_inspect_command(app),
       moeq::cli::add_formats_command(app),
       moeq::cli::add_plugins_command(app),
   };
