@@ -64,7 +64,9 @@ class CalibrationRouting final : public runtime::MoeHook {
       case CalibrationMode::kAll:
         return block.combine_all_experts(x, routing);
       case CalibrationMode::kRouted:
-        return std::nullopt;  // the block's own routed loop
+        // The per-expert loop, even for experts that run batched over every token (Llama 4):
+        // observers then see exactly the routed rows, not the zero rows of unpicked experts.
+        return block.combine_routed(x, routing);
       case CalibrationMode::kRatio:
         return combine_ratio(block, x, routing);
     }
@@ -97,9 +99,18 @@ class CalibrationRouting final : public runtime::MoeHook {
       if (rows.size(0) == 0) {
         continue;
       }
-      auto y = experts.run_expert(e, x.index_select(0, rows));
       auto w = weights.select(1, e).index_select(0, rows).unsqueeze(1);
-      out.index_add_(0, rows, (y * w).to(out.scalar_type()));
+      if (block.router_weight_on_input()) {
+        // The input carries the weight the token would get from e (its probability); only the
+        // tokens that picked e contribute, unweighted.
+        auto p = routing.probs.select(1, e).index_select(0, rows).unsqueeze(1);
+        auto y = experts.run_expert(
+            e, (x.index_select(0, rows) * p.to(w.scalar_type())).to(x.scalar_type()));
+        out.index_add_(0, rows, (y * w.ne(0)).to(out.scalar_type()));
+      } else {
+        auto y = experts.run_expert(e, x.index_select(0, rows));
+        out.index_add_(0, rows, (y * w).to(out.scalar_type()));
+      }
     }
     return out;
   }

@@ -96,6 +96,7 @@ LayerSession::LayerSession(runtime::DecoderLayer& layer,
     QuantTarget t;
     t.module = linear->name();
     t.linear = linear;
+    t.weight_name = linear->weight().name;
     t.kind = ref.kind;
     t.expert = ref.expert;
     const auto block = expert_block.find(linear);
@@ -107,18 +108,112 @@ LayerSession::LayerSession(runtime::DecoderLayer& layer,
     }
     t.weight = std::make_unique<quant::TensorQuantizer>(
         *rules_.scheme.weights, quant::TensorRole::kWeight, std::string(linear->weight().name));
-    if (rules_.scheme.input_activations) {
-      auto& input = inputs_[t.input_group];
-      if (!input) {
-        input = std::make_unique<quant::TensorQuantizer>(*rules_.scheme.input_activations,
-                                                         quant::TensorRole::kInput,
-                                                         fmt::format("{} input", t.input_group));
-      }
-      t.input = input.get();
-    }
+    t.input = input_quantizer(t.input_group);
     by_weight_.emplace(linear->weight().name, targets_.size());
     targets_.push_back(std::move(t));
   });
+  layer.for_each_parameter([&](runtime::Parameter& p) { layer_parameters_.insert(p.name); });
+}
+
+quant::TensorQuantizer* LayerSession::input_quantizer(const std::string& group) {
+  if (!rules_.scheme.input_activations) {
+    return nullptr;
+  }
+  auto& input = inputs_[group];
+  if (!input) {
+    input = std::make_unique<quant::TensorQuantizer>(
+        *rules_.scheme.input_activations, quant::TensorRole::kInput, fmt::format("{} input", group));
+  }
+  return input.get();
+}
+
+void LayerSession::add_fused_experts(runtime::FusedExperts& experts) {
+  const auto& name = experts.name();
+  const auto block = name.substr(0, name.rfind('.'));
+  for (auto* param : {&experts.gate_up(), &experts.down()}) {
+    MOEQ_CHECK(!stacks_.contains(param->name), "'{}' is already intercepted", param->name);
+  }
+  std::map<std::string, std::vector<runtime::StackedProjection>> by_stack;
+  for (auto& p : experts.projections()) {
+    by_stack[p.stack->name].push_back(std::move(p));
+  }
+  for (auto& [stack_name, projections] : by_stack) {
+    std::vector<std::string> kept;
+    std::vector<std::string> ignored;
+    for (const auto& p : projections) {
+      (rules_.ignored(p.module, p.kind, p.expert) ? ignored : kept).push_back(p.module);
+    }
+    if (kept.empty()) {
+      continue;
+    }
+    MOEQ_CHECK(ignored.empty(),
+               "'{}' holds every expert's projections in one tensor: quantize all of them or none "
+               "(the ignore list keeps {} of {} in high precision, e.g. '{}')",
+               stack_name, ignored.size(), projections.size(), ignored.front());
+    Stack stack;
+    stack.experts = &experts;
+    stack.param = projections.front().stack;
+    const auto role = stack_name.substr(stack_name.rfind('.') + 1);
+    stack.input = input_quantizer(fmt::format("{}.experts.*.{}", block, role));
+    for (auto& p : projections) {
+      QuantTarget t;
+      t.module = p.module;
+      t.kind = p.kind;
+      t.expert = p.expert;
+      t.block = block;
+      t.input_group = fmt::format("{}.experts.*.{}", block, role);
+      t.weight_name = stack_name;
+      t.fused = &experts;
+      t.weight = std::make_unique<quant::TensorQuantizer>(
+          *rules_.scheme.weights, quant::TensorRole::kWeight,
+          fmt::format("{} (expert {} of '{}')", p.role, p.expert, stack_name));
+      t.input = stack.input;
+      t.slice = std::move(p);
+      stack.targets.push_back(targets_.size());
+      targets_.push_back(std::move(t));
+    }
+    stacks_.emplace(stack_name, std::move(stack));
+  }
+}
+
+LayerSession::Stack* LayerSession::find_stack(std::string_view weight_name) {
+  const auto it = stacks_.find(weight_name);
+  return it == stacks_.end() ? nullptr : &it->second;
+}
+
+void LayerSession::report_unrecognized(const fn::WeightRef& ref) {
+  if (layer_parameters_.contains(ref.name)) {
+    return;
+  }
+  const std::string name(ref.name);
+  if (unrecognized_.insert(name).second) {
+    logger().warn(
+        "{}: a matmul on '{}' (role '{}'), which is no parameter of the layer, ran unquantized",
+        layer_.name(), name, ref.role);
+  }
+}
+
+void LayerSession::check_operand(const Stack& stack,
+                                 const at::Tensor& b,
+                                 const fn::WeightRef& ref) const {
+  const auto& full = stack.param->value;
+  const bool whole = ref.expert == fn::WeightRef::kAllExperts;
+  MOEQ_CHECK(whole || (ref.expert >= 0 && ref.expert < full.size(0)),
+             "a call on '{}' names expert {}, the stack holds {}", stack.param->name, ref.expert,
+             full.size(0));
+  const auto expected = whole ? full.sizes() : full.sizes().slice(1);
+  MOEQ_CHECK(b.sizes() == expected,
+             "a call on '{}' ({}) has a weight operand of shape [{}], expected [{}]",
+             stack.param->name, whole ? "all experts" : fmt::format("expert {}", ref.expert),
+             fmt::join(b.sizes(), ", "), fmt::join(expected, ", "));
+}
+
+void LayerSession::count_rows(Stack& stack, int64_t expert, int64_t rows) {
+  for (auto i : stack.targets) {
+    if (targets_[i].expert == expert) {
+      targets_[i].rows_seen += rows;
+    }
+  }
 }
 
 LayerSession::~LayerSession() {
@@ -160,18 +255,81 @@ QuantTarget* LayerSession::find(std::string_view weight_name) {
   return it == by_weight_.end() ? nullptr : &targets_[it->second];
 }
 
+namespace {
+int64_t rows_of(const at::Tensor& x) {
+  return x.numel() / std::max<int64_t>(x.size(-1), 1);
+}
+}  // namespace
+
 fn::Handlers LayerSession::calibration_handlers() {
+  // One expert's slice (matmul, or linear on a [E, out, in] stack): observe its rows.
+  auto observe_slice = [this](Stack& stack, const at::Tensor& a, const at::Tensor& b,
+                              const fn::WeightRef& ref) {
+    check_operand(stack, b, ref);
+    const auto rows = rows_of(a);
+    count_rows(stack, ref.expert, rows);
+    if (stack.input != nullptr && rows > 0) {
+      stack.input->observe(a.reshape({-1, a.size(-1)}));
+    }
+  };
   fn::Handlers h;
-  h.linear = [this](const at::Tensor& input, const at::Tensor& weight,
-                    const std::optional<at::Tensor>& bias, const fn::WeightRef& ref) {
+  h.linear = [this, observe_slice](const at::Tensor& input, const at::Tensor& weight,
+                                   const std::optional<at::Tensor>& bias,
+                                   const fn::WeightRef& ref) {
     if (QuantTarget* t = find(ref.name)) {
-      const auto rows = input.numel() / std::max<int64_t>(input.size(-1), 1);
+      const auto rows = rows_of(input);
       t->rows_seen += rows;
       if (t->input != nullptr && rows > 0) {
         t->input->observe(input.reshape({-1, input.size(-1)}));
       }
+    } else if (Stack* stack = find_stack(ref.name)) {
+      observe_slice(*stack, input, weight, ref);
+    } else {
+      report_unrecognized(ref);
     }
     return fn::linear(input, weight, bias, ref);
+  };
+  h.matmul = [this, observe_slice](const at::Tensor& a, const at::Tensor& b,
+                                   const fn::WeightRef& ref) {
+    if (Stack* stack = find_stack(ref.name)) {
+      observe_slice(*stack, a, b, ref);
+    } else {
+      report_unrecognized(ref);
+    }
+    return fn::matmul(a, b, ref);
+  };
+  h.bmm = [this](const at::Tensor& a, const at::Tensor& b, const fn::WeightRef& ref) {
+    if (Stack* stack = find_stack(ref.name)) {
+      check_operand(*stack, b, ref);
+      for (int64_t e = 0; e < a.size(0); ++e) {
+        count_rows(*stack, e, a.size(1));
+      }
+      if (stack->input != nullptr && a.numel() > 0) {
+        stack->input->observe(a.reshape({-1, a.size(-1)}));
+      }
+    } else {
+      report_unrecognized(ref);
+    }
+    return fn::bmm(a, b, ref);
+  };
+  h.grouped_mm = [this](const at::Tensor& a, const at::Tensor& b, const at::Tensor& offsets,
+                        const fn::WeightRef& ref) {
+    if (Stack* stack = find_stack(ref.name)) {
+      check_operand(*stack, b, ref);
+      const auto ends = offsets.to(at::kCPU, at::kLong);
+      int64_t begin = 0;
+      for (int64_t e = 0; e < ends.numel(); ++e) {
+        const auto end = ends[e].item<int64_t>();
+        count_rows(*stack, e, end - begin);
+        begin = end;
+      }
+      if (stack->input != nullptr && begin > 0) {
+        stack->input->observe(a.narrow(0, 0, begin));
+      }
+    } else {
+      report_unrecognized(ref);
+    }
+    return fn::grouped_mm(a, b, offsets, ref);
   };
   return h;
 }
@@ -201,11 +359,27 @@ void LayerSession::finish_calibration() {
                "(use a scheme with dynamic activations, more samples, or calibration mode 'all')",
                group);
   }
+  std::map<std::string, at::Tensor> stored;  // stacks as stored, read once
   for (auto& t : targets_) {
-    const auto& param = t.linear->weight();
-    MOEQ_INTERNAL_ASSERT(param.resident(), "'{}' is not loaded", param.name);
-    // Quantize what is stored (bf16 stays bf16) on the compute device.
-    t.source_weight = weights_.get(param.name).to(param.value.device());
+    if (t.linear != nullptr) {
+      const auto& param = t.linear->weight();
+      MOEQ_INTERNAL_ASSERT(param.resident(), "'{}' is not loaded", param.name);
+      // Quantize what is stored (bf16 stays bf16) on the compute device.
+      t.source_weight = weights_.get(param.name).to(param.value.device());
+    } else {
+      const auto& stack = *t.slice->stack;
+      MOEQ_INTERNAL_ASSERT(stack.resident(), "'{}' is not loaded", stack.name);
+      auto& value = stored[stack.name];
+      if (!value.defined()) {
+        value = weights_.get(stack.name).to(stack.value.device());
+      }
+      // The expert's [out, in] weight: quantized along its input axis whatever the stack layout.
+      t.source_weight = t.fused->slice(value, *t.slice);
+      if (t.slice->bias != nullptr) {
+        t.bias = runtime::FusedExperts::slice_bias(
+            weights_.get(t.slice->bias->name).to(stack.value.device()), *t.slice);
+      }
+    }
     t.weight->observe(t.source_weight);
   }
   // Projections the engines fuse share an NVFP4 global scale: gate and up of each expert (and of
@@ -227,19 +401,71 @@ void LayerSession::finish_calibration() {
     }
   }
   for (auto& t : targets_) {
-    const auto& param = t.linear->weight();
+    const auto& param = t.linear != nullptr ? t.linear->weight() : *t.slice->stack;
     const auto fake = t.weight->fake_quantize(t.source_weight);
     t.weight_error = relative_rms_error(fake, t.source_weight);
     t.fake_weight = fake.to(param.value.scalar_type());
   }
+  // Each stack's fake-quantized copy, assembled from its experts' slices.
+  for (auto& [name, stack] : stacks_) {
+    stack.fake = stack.param->value.clone();
+    for (auto i : stack.targets) {
+      stack.experts->assign(stack.fake, *targets_[i].slice, targets_[i].fake_weight);
+    }
+  }
 }
 
 fn::Handlers LayerSession::quantized_handlers() {
+  auto fake_input = [](const Stack& stack, const at::Tensor& a) {
+    return stack.input != nullptr ? stack.input->fake_quantize(a) : a;
+  };
+  auto fake_stack = [](const Stack& stack) -> const at::Tensor& {
+    MOEQ_INTERNAL_ASSERT(stack.fake.defined(), "'{}' run quantized before finish_calibration()",
+                         stack.param->name);
+    return stack.fake;
+  };
   fn::Handlers h;
-  h.linear = [this](const at::Tensor& input, const at::Tensor& weight,
-                    const std::optional<at::Tensor>& bias, const fn::WeightRef& ref) {
+  h.matmul = [this, fake_input, fake_stack](const at::Tensor& a, const at::Tensor& b,
+                                            const fn::WeightRef& ref) {
+    Stack* stack = find_stack(ref.name);
+    if (stack == nullptr) {
+      report_unrecognized(ref);
+      return fn::matmul(a, b, ref);
+    }
+    check_operand(*stack, b, ref);
+    return fn::matmul(fake_input(*stack, a), fake_stack(*stack)[ref.expert], ref);
+  };
+  h.bmm = [this, fake_input, fake_stack](const at::Tensor& a, const at::Tensor& b,
+                                         const fn::WeightRef& ref) {
+    Stack* stack = find_stack(ref.name);
+    if (stack == nullptr) {
+      report_unrecognized(ref);
+      return fn::bmm(a, b, ref);
+    }
+    check_operand(*stack, b, ref);
+    return fn::bmm(fake_input(*stack, a), fake_stack(*stack), ref);
+  };
+  h.grouped_mm = [this, fake_input, fake_stack](const at::Tensor& a, const at::Tensor& b,
+                                                const at::Tensor& offsets,
+                                                const fn::WeightRef& ref) {
+    Stack* stack = find_stack(ref.name);
+    if (stack == nullptr) {
+      report_unrecognized(ref);
+      return fn::grouped_mm(a, b, offsets, ref);
+    }
+    check_operand(*stack, b, ref);
+    return fn::grouped_mm(fake_input(*stack, a), fake_stack(*stack), offsets, ref);
+  };
+  h.linear = [this, fake_input, fake_stack](const at::Tensor& input, const at::Tensor& weight,
+                                            const std::optional<at::Tensor>& bias,
+                                            const fn::WeightRef& ref) {
     QuantTarget* t = find(ref.name);
     if (t == nullptr) {
+      if (Stack* stack = find_stack(ref.name)) {  // a slice of a [E, out, in] stack
+        check_operand(*stack, weight, ref);
+        return fn::linear(fake_input(*stack, input), fake_stack(*stack)[ref.expert], bias, ref);
+      }
+      report_unrecognized(ref);
       return fn::linear(input, weight, bias, ref);
     }
     MOEQ_INTERNAL_ASSERT(t->fake_weight.defined(), "'{}' run quantized before finish_calibration()",

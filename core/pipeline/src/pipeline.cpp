@@ -4,6 +4,7 @@
 #include <moeq/core/error.h>
 #include <moeq/core/log.h>
 #include <moeq/runtime/functional.h>
+#include <moeq/runtime/fused_experts.h>
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
@@ -110,6 +111,9 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
   runtime_options.placement = options_.placement;
   auto model = build_(config, source, runtime_options);
   MOEQ_INTERNAL_ASSERT(model != nullptr, "the model builder returned nothing");
+  // The builder may read the checkpoint through its own source (dequantizing MXFP4 or FP8
+  // blocks): quantize and pass through what the model sees.
+  runtime::WeightSource& weights = model->weights();
 
   PipelineResult result;
   result.architecture = config.architecture();
@@ -149,7 +153,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
     const auto layer_start = Clock::now();
     auto& layer = model->layer(i);
     model->load(layer);
-    LayerSession session(layer, *source, options_.rules, options_.calibration);
+    LayerSession session(layer, weights, options_.rules, options_.calibration);
     session.attach_adapters(adapters_);
     if (progress.layer_begin) {
       progress.layer_begin(i, num_layers, static_cast<int64_t>(calib.hidden.size()));
@@ -221,10 +225,14 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       }
       if (exporter) {
         const auto before = exporter->bytes_written();
-        exporter->add_quantized(t.module, t.source_weight, *t.weight, t.input, at::Tensor());
+        exporter->add_quantized(t.module, t.source_weight, *t.weight, t.input, t.bias);
         result.quantized_bytes += exporter->bytes_written() - before;
       }
-      quantized_weights.insert(std::string(t.linear->weight().name));
+      // A stack (and its bias) is written as its experts' slices, never as is.
+      quantized_weights.insert(t.weight_name);
+      if (t.slice && t.slice->bias != nullptr) {
+        quantized_weights.insert(t.slice->bias->name);
+      }
       result.quantized_parameters += t.source_weight.numel();
       ProjectionResult pr;
       pr.module = t.module;
@@ -304,12 +312,18 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       }
     } else if (dynamic_cast<runtime::Router*>(&m) != nullptr) {
       result.ignored_modules.push_back(m.name());
+    } else if (auto* fused = dynamic_cast<runtime::FusedExperts*>(&m)) {
+      for (const auto& p : fused->projections()) {
+        if (!options_.rules.ignored(p.module, p.kind, p.expert)) {
+          expected_quantized.push_back(p.module);
+        }
+      }
     }
   });
   if (exporter) {
-    for (const auto& name : source->names()) {
+    for (const auto& name : weights.names()) {
       if (!quantized_weights.contains(name)) {
-        exporter->add_tensor(name, source->get(name));
+        exporter->add_tensor(name, weights.get(name));
       }
     }
     exporting::ExportSummary summary;

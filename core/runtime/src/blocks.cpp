@@ -12,6 +12,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/irange.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <numbers>
@@ -69,6 +70,61 @@ bool CheckpointSource::has(const std::string& name) const {
 
 std::vector<std::string> CheckpointSource::names() const {
   return checkpoint_->names();
+}
+
+DerivedSource::DerivedSource(std::shared_ptr<WeightSource> base,
+                             std::vector<Rule> rules,
+                             std::string what)
+    : base_(std::move(base)), what_(std::move(what)) {
+  MOEQ_CHECK(base_ != nullptr, "DerivedSource: null base source");
+  for (auto& rule : rules) {
+    for (const auto& input : rule.inputs) {
+      MOEQ_CHECK(base_->has(input), "{}: '{}' needs '{}', which is missing", base_->describe(),
+                 rule.name, input);
+      replaced_[input] = rule.name;
+    }
+    auto name = rule.name;
+    MOEQ_CHECK(rules_.emplace(name, std::move(rule)).second, "DerivedSource: '{}' derived twice",
+               name);
+  }
+}
+
+at::Tensor DerivedSource::get(const std::string& name) {
+  const auto it = rules_.find(name);
+  if (it == rules_.end()) {
+    return base_->get(name);
+  }
+  std::vector<at::Tensor> inputs;
+  for (const auto& input : it->second.inputs) {
+    inputs.push_back(base_->get(input));
+  }
+  try {
+    return it->second.compute(inputs);
+  } catch (const std::exception& e) {
+    MOEQ_FAIL("{}: computing '{}' ({}) failed: {}", base_->describe(), name, what_, e.what());
+  }
+}
+
+bool DerivedSource::has(const std::string& name) const {
+  return rules_.contains(name) || (base_->has(name) && !replaced_.contains(name));
+}
+
+std::vector<std::string> DerivedSource::names() const {
+  std::vector<std::string> out;
+  for (auto& name : base_->names()) {
+    if (!replaced_.contains(name)) {
+      out.push_back(std::move(name));
+    }
+  }
+  for (const auto& [name, rule] : rules_) {
+    out.push_back(name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string DerivedSource::describe() const {
+  return fmt::format("{} ({})", base_->describe(), what_);
 }
 
 // ---- module -------------------------------------------------------------------------------------
@@ -235,6 +291,28 @@ const at::Tensor& ForwardContext::additive_mask(int64_t sliding_window) {
   return masks_.emplace(sliding_window, std::move(mask)).first->second;
 }
 
+const at::Tensor& ForwardContext::chunked_mask(int64_t chunk_size) {
+  MOEQ_CHECK(chunk_size > 0, "attention chunk size must be positive, got {}", chunk_size);
+  auto it = chunked_masks_.find(chunk_size);
+  if (it != chunked_masks_.end()) {
+    return it->second;
+  }
+  const auto options = at::TensorOptions(placement_.device).dtype(at::kLong);
+  // transformers: left padding = tokens before the first kept one.
+  const auto left_padding =
+      token_mask_.to(at::kLong).cumsum(-1).eq(0).sum(-1).view({-1, 1, 1, 1});  // [B, 1, 1, 1]
+  auto q = at::arange(seq_len_, options).view({1, 1, -1, 1});
+  auto k = at::arange(seq_len_, options).view({1, 1, 1, -1});
+  auto same_chunk = (k - left_padding).div(chunk_size, "floor").eq(
+      (q - left_padding).div(chunk_size, "floor"));
+  auto allowed = k.le(q).logical_and(same_chunk).logical_and(
+      token_mask_.unsqueeze(1).unsqueeze(1));  // [B, 1, S, S]
+  const auto mask_options = at::TensorOptions(placement_.device).dtype(placement_.dtype);
+  auto mask = at::where(allowed, at::zeros({}, mask_options),
+                        at::full({}, lowest_value(placement_.dtype), mask_options));
+  return chunked_masks_.emplace(chunk_size, std::move(mask)).first->second;
+}
+
 const std::pair<at::Tensor, at::Tensor>& ForwardContext::rope(const RotaryEmbedding& rotary) {
   auto it = rope_.find(&rotary);
   if (it != rope_.end()) {
@@ -282,16 +360,20 @@ at::Tensor Linear::forward(const at::Tensor& x) {
   return fn::linear(x, resident(*weight_), bias, ref_);
 }
 
-RMSNorm::RMSNorm(std::string type, std::string name, int64_t dim, double eps)
+RMSNorm::RMSNorm(std::string type, std::string name, int64_t dim, double eps, NormStyle style)
     : Module(std::move(type), std::move(name)),
       weight_(&add_parameter("weight", {dim})),
-      eps_(eps) {}
+      eps_(eps),
+      style_(style) {}
 
 at::Tensor RMSNorm::forward(const at::Tensor& x) {
   const auto input_dtype = x.scalar_type();
   auto h = x.to(at::kFloat);
   auto variance = h.pow(2).mean(-1, /*keepdim=*/true);
   h = h * at::rsqrt(variance + eps_);
+  if (style_ == NormStyle::kScaleThenCast) {
+    return (resident(*weight_) * h).to(input_dtype);
+  }
   return resident(*weight_) * h.to(input_dtype);
 }
 
@@ -329,6 +411,48 @@ RotaryEmbedding::RotaryEmbedding(const RopeOptions& options) : options_(options)
                         .logical_not()
                         .logical_and(wavelen.gt(low_freq_wavelen).logical_not());
       inv_freq = at::where(medium, smoothed, scaled);
+      break;
+    }
+    case RopeType::kYarn: {
+      const double dim = static_cast<double>(rotary_dim_);
+      const double factor = options.factor;
+      auto mscale_of = [](double scale, double m) {
+        return scale <= 1.0 ? 1.0 : 0.1 * m * std::log(scale) + 1.0;
+      };
+      if (options.attention_factor) {
+        attention_scaling_ = *options.attention_factor;
+      } else if (options.mscale && options.mscale_all_dim && *options.mscale != 0.0 &&
+                 *options.mscale_all_dim != 0.0) {
+        attention_scaling_ =
+            mscale_of(factor, *options.mscale) / mscale_of(factor, *options.mscale_all_dim);
+      } else {
+        attention_scaling_ = mscale_of(factor, 1.0);
+      }
+      const double original = static_cast<double>(options.original_max_position_embeddings);
+      auto correction_dim = [&](double rotations) {
+        return dim * std::log(original / (rotations * 2.0 * std::numbers::pi)) /
+               (2.0 * std::log(options.theta));
+      };
+      double low = correction_dim(options.beta_fast);
+      double high = correction_dim(options.beta_slow);
+      if (options.truncate) {
+        low = std::floor(low);
+        high = std::ceil(high);
+      }
+      low = std::max(low, 0.0);
+      high = std::min(high, dim - 1.0);
+      if (low == high) {
+        high += 0.001;  // transformers: prevents a division by zero
+      }
+      // transformers evaluates pos_freqs = theta ** (arange(0, d, 2) / d) in fp32.
+      const auto pos_freqs = at::pow(options.theta, exponent);
+      const auto extrapolation = at::reciprocal(pos_freqs);
+      const auto interpolation = at::reciprocal(pos_freqs * factor);
+      const auto ramp =
+          ((at::arange(rotary_dim_ / 2, f32) - low) / (high - low)).clamp(0.0, 1.0);
+      const auto extrapolation_factor = at::rsub(ramp, 1.0);
+      inv_freq = interpolation * at::rsub(extrapolation_factor, 1.0) +
+                 extrapolation * extrapolation_factor;
       break;
     }
   }
@@ -400,6 +524,9 @@ Attention::Attention(std::string type,
     k_norm_ = add_child(
         std::make_unique<RMSNorm>(o.qk_norm_type, child_name("k_norm"), o.head_dim, o.qk_norm_eps));
   }
+  if (o.sinks) {
+    sinks_ = &add_parameter("sinks", {o.num_heads});
+  }
 }
 
 namespace {
@@ -435,7 +562,19 @@ at::Tensor Attention::forward(const at::Tensor& hidden, ForwardContext& ctx) {
   const double scaling = o.scaling.value_or(1.0 / std::sqrt(static_cast<double>(o.head_dim)));
   auto scores = at::matmul(q, k.transpose(2, 3)) * scaling;
   scores = scores + ctx.additive_mask(o.sliding_window);
-  auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  at::Tensor probs;
+  if (sinks_ != nullptr) {
+    // GPT-OSS: the sink logit joins the row, the max is subtracted, softmax in the scores' dtype.
+    auto sinks = resident(*sinks_).to(scores.scalar_type()).view({1, -1, 1, 1}).expand(
+        {b, -1, s, 1});
+    auto combined = at::cat({scores, sinks}, -1);
+    combined = combined - std::get<0>(combined.max(-1, /*keepdim=*/true));
+    probs = at::softmax(combined, -1, combined.scalar_type())
+                .narrow(-1, 0, scores.size(-1))
+                .to(v.scalar_type());
+  } else {
+    probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  }
   auto out = at::matmul(probs, v).transpose(1, 2).contiguous().reshape({b, s, -1});
   return o_proj_->forward(out);
 }
@@ -578,6 +717,14 @@ Assignment assign(const RouterOutput& routing, int64_t num_experts) {
   return a;
 }
 
+// The router weights of (token, slot) pairs, [n, 1].
+at::Tensor slot_weights(const RouterOutput& routing,
+                        const at::Tensor& token_idx,
+                        const at::Tensor& slot_idx) {
+  const auto k = routing.topk_weights.size(1);
+  return routing.topk_weights.reshape(-1).index_select(0, token_idx * k + slot_idx).unsqueeze(-1);
+}
+
 // Weights expert e's output rows and adds them into `out` at their tokens.
 void add_weighted(at::Tensor& out,
                   const at::Tensor& rows_out,
@@ -606,8 +753,14 @@ at::Tensor SparseMoeBlock::combine_routed(const at::Tensor& x, const RouterOutpu
     offset += n;
     auto token_idx = idx.remainder(t);
     auto slot_idx = idx.div(t, "floor");
-    auto rows_out = experts_->run_expert(e, x.index_select(0, token_idx));
-    add_weighted(out, rows_out, token_idx, slot_idx, routing);
+    if (options_.router_weight_on_input) {
+      auto rows_in = x.index_select(0, token_idx) * slot_weights(routing, token_idx, slot_idx);
+      auto rows_out = experts_->run_expert(e, rows_in.to(x.scalar_type()));
+      out.index_add_(0, token_idx, rows_out.to(out.scalar_type()));
+    } else {
+      auto rows_out = experts_->run_expert(e, x.index_select(0, token_idx));
+      add_weighted(out, rows_out, token_idx, slot_idx, routing);
+    }
   }
   return out;
 }
@@ -618,7 +771,16 @@ at::Tensor SparseMoeBlock::combine_all_experts(const at::Tensor& x, const Router
   const auto a = assign(routing, experts_->num_experts());
   int64_t offset = 0;
   for (int64_t e = 0; e < experts_->num_experts(); ++e) {
-    auto all_out = experts_->run_expert(e, x);  // every token: observers see them all
+    // Every token: observers see them all. With the router weight on the input, each token comes
+    // scaled by the weight it would get were expert e picked (its probability for e), which for
+    // the tokens that did pick e is exactly their routed input.
+    at::Tensor all_out;
+    if (options_.router_weight_on_input) {
+      auto w = routing.probs.select(1, e).unsqueeze(-1).to(routing.topk_weights.scalar_type());
+      all_out = experts_->run_expert(e, (x * w).to(x.scalar_type()));
+    } else {
+      all_out = experts_->run_expert(e, x);
+    }
     const auto n = a.counts[e];
     if (n == 0) {
       continue;
@@ -627,7 +789,11 @@ at::Tensor SparseMoeBlock::combine_all_experts(const at::Tensor& x, const Router
     offset += n;
     auto token_idx = idx.remainder(t);
     auto slot_idx = idx.div(t, "floor");
-    add_weighted(out, all_out.index_select(0, token_idx), token_idx, slot_idx, routing);
+    if (options_.router_weight_on_input) {
+      out.index_add_(0, token_idx, all_out.index_select(0, token_idx).to(out.scalar_type()));
+    } else {
+      add_weighted(out, all_out.index_select(0, token_idx), token_idx, slot_idx, routing);
+    }
   }
   return out;
 }
@@ -652,6 +818,9 @@ at::Tensor SparseMoeBlock::forward(const at::Tensor& hidden) {
   std::optional<at::Tensor> combined;
   for (auto it = hooks_.rbegin(); it != hooks_.rend() && !combined; ++it) {
     combined = (*it)->combine(*this, x, routing);
+  }
+  if (!combined) {
+    combined = experts_->run_routed(x, routing, options_.router_weight_on_input);
   }
   auto out = combined ? *combined : combine_routed(x, routing);
   if (shared_expert_ != nullptr) {

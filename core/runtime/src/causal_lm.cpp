@@ -23,7 +23,7 @@ CausalLM::CausalLM(std::string type,
   embed_ = add_child(
       std::make_unique<Embedding>("model.embed_tokens", config.vocab_size, config.hidden_size));
   norm_ = add_child(std::make_unique<RMSNorm>(config.norm_type, "model.norm", config.hidden_size,
-                                              config.rms_norm_eps));
+                                              config.rms_norm_eps, config.norm_style));
   lm_head_ = add_child(
       std::make_unique<Linear>("lm_head", config.hidden_size, config.vocab_size, false,
                                ProjKind::kHead, fn::WeightRef::kNoExpert,

@@ -1,4 +1,4 @@
-#include "model_config.h"
+#include <moeq/runtime/model_config.h>
 
 #include <moeq/core/error.h>
 #include <moeq/runtime/models.h>
@@ -68,9 +68,30 @@ RopeOptions rope_options(const io::HfConfig& config, int64_t head_dim, double de
     } else {
       options.original_max_position_embeddings = config.get<int64_t>("max_position_embeddings");
     }
+  } else if (type == "yarn") {
+    options.type = RopeType::kYarn;
+    options.original_max_position_embeddings =
+        config.get<int64_t>(param("original_max_position_embeddings"));
+    // DeepSeek-style configs may leave factor out: max / original positions.
+    if (auto factor = config.find<double>(param("factor"))) {
+      options.factor = *factor;
+    } else {
+      options.factor = static_cast<double>(config.get<int64_t>("max_position_embeddings")) /
+                       static_cast<double>(options.original_max_position_embeddings);
+    }
+    options.attention_factor = config.find<double>(param("attention_factor"));
+    options.mscale = config.find<double>(param("mscale"));
+    options.mscale_all_dim = config.find<double>(param("mscale_all_dim"));
+    // transformers: `get("beta_fast") or 32` (a 0 also falls back).
+    const auto beta_fast = config.get_or(param("beta_fast"), 32.0);
+    const auto beta_slow = config.get_or(param("beta_slow"), 1.0);
+    options.beta_fast = beta_fast != 0.0 ? beta_fast : 32.0;
+    options.beta_slow = beta_slow != 0.0 ? beta_slow : 1.0;
+    options.truncate = config.get_or(param("truncate"), true);
   } else {
     MOEQ_FAIL(
-        "config '{}': RoPE type '{}' is not supported yet (supported: default, linear, llama3)",
+        "config '{}': RoPE type '{}' is not supported yet (supported: default, linear, llama3, "
+        "yarn)",
         config.source(), type);
   }
   return options;

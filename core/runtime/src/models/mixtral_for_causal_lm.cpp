@@ -1,7 +1,7 @@
 // MixtralForCausalLM (mistralai/Mixtral-8x7B-v0.1 and its family).
 #include <moeq/runtime/models.h>
 
-#include "../model_config.h"
+#include <moeq/runtime/model_config.h>
 
 #include <moeq/core/error.h>
 

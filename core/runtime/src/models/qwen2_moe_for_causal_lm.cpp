@@ -1,7 +1,7 @@
 // Qwen2MoeForCausalLM (Qwen/Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B).
 #include <moeq/runtime/models.h>
 
-#include "../model_config.h"
+#include <moeq/runtime/model_config.h>
 
 #include <moeq/core/error.h>
 

@@ -1,7 +1,7 @@
 // Qwen3MoeForCausalLM (Qwen/Qwen3-30B-A3B, Qwen3-235B-A22B).
 #include <moeq/runtime/models.h>
 
-#include "../model_config.h"
+#include <moeq/runtime/model_config.h>
 
 #include <moeq/core/error.h>
 

@@ -11,10 +11,13 @@
 #include <moeq/quant/scheme.h>
 #include <moeq/quant/tensor_quantizer.h>
 #include <moeq/runtime/blocks.h>
+#include <moeq/runtime/fused_experts.h>
 
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -35,10 +38,16 @@ struct TargetRules {
   bool ignored(const std::string& module_name, fn::ProjKind kind, int64_t expert) const;
 };
 
-// One quantized projection.
+// One quantized projection: a Linear, or one expert's slice of a fused stack.
 struct QuantTarget {
   std::string module;  // "model.layers.0.block_sparse_moe.experts.3.w1"
-  runtime::Linear* linear = nullptr;
+  runtime::Linear* linear = nullptr;  // nullptr for a stack's slice
+  // The checkpoint tensor the weight is read from: the Linear's weight or the 3-D stack.
+  std::string weight_name;
+  // For a slice of a fused stack: which one, and the experts module that knows the layout.
+  std::optional<runtime::StackedProjection> slice;
+  runtime::FusedExperts* fused = nullptr;
+  at::Tensor bias;  // a slice's own bias [out] (source dtype) once calibrated; undefined else
   fn::ProjKind kind = fn::ProjKind::kOther;
   int64_t expert = fn::WeightRef::kNoExpert;
   std::string block;        // the MoE block's prefix for routed experts, "" otherwise
@@ -90,12 +99,39 @@ class LayerSession {
   // Runs targets with their fake-quantized weights and inputs.
   fn::Handlers quantized_handlers();
 
+  // ---- the mid tier ----
+  // Makes every expert slice of `experts`' stacks a target (the rules decide, per slice; a stack
+  // partly ignored is an error): per-expert weight quantizers along each slice's input axis, one
+  // input quantizer per stack shared by its experts. Calls on the stacks are then matched by
+  // operand in both overrides: matmul/linear on one expert's slice, bmm and grouped_mm on the
+  // whole stack.
+  void add_fused_experts(runtime::FusedExperts& experts);
+  // Weights that a functional was called on but that belong to no parameter of the layer: run as
+  // they are and reported (logged once each), never guessed.
+  const std::set<std::string>& unrecognized_weights() const { return unrecognized_; }
+
   std::vector<QuantTarget>& targets() { return targets_; }
   std::vector<ExpertCoverage>& coverage() { return coverage_; }
   const TargetRules& rules() const { return rules_; }
 
  private:
+  // A fused stack under interception.
+  struct Stack {
+    runtime::FusedExperts* experts = nullptr;
+    runtime::Parameter* param = nullptr;
+    std::vector<size_t> targets;              // into targets_
+    quant::TensorQuantizer* input = nullptr;  // shared by the stack's experts
+    at::Tensor fake;                          // the fake-quantized stack, compute dtype
+  };
+
   QuantTarget* find(std::string_view weight_name);
+  Stack* find_stack(std::string_view weight_name);
+  quant::TensorQuantizer* input_quantizer(const std::string& group);
+  // Logs and records a call on a weight the layer does not have.
+  void report_unrecognized(const fn::WeightRef& ref);
+  // Checks a stacked call's weight operand against the stack it names.
+  void check_operand(const Stack& stack, const at::Tensor& b, const fn::WeightRef& ref) const;
+  void count_rows(Stack& stack, int64_t expert, int64_t rows);
 
   runtime::DecoderLayer& layer_;
   runtime::WeightSource& weights_;
@@ -106,6 +142,9 @@ class LayerSession {
   std::map<std::string, std::unique_ptr<quant::TensorQuantizer>> inputs_;  // by input group
   std::vector<ExpertCoverage> coverage_;
   std::vector<std::function<void()>> undo_;
+  std::map<std::string, Stack, std::less<>> stacks_;       // by stack parameter name
+  std::set<std::string, std::less<>> layer_parameters_;    // every parameter name of the layer
+  std::set<std::string> unrecognized_;
 };
 
 }  // namespace moeq::pipeline

@@ -56,6 +56,9 @@ class ForwardContext {
   // elsewhere. Fully masked rows (padding queries) get a finite uniform row, as transformers'
   // eager path does. Cached per window.
   const at::Tensor& additive_mask(int64_t sliding_window);
+  // As additive_mask(0), restricted to keys in the query's chunk (Llama 4's chunked attention):
+  // (j - pad) / chunk == (i - pad) / chunk, pad the row's count of leading padding tokens.
+  const at::Tensor& chunked_mask(int64_t chunk_size);
   // cos, sin [B or 1, S, rotary_dim] in the compute dtype, cached per rotary embedding.
   const std::pair<at::Tensor, at::Tensor>& rope(const RotaryEmbedding& rotary);
 
@@ -66,6 +69,7 @@ class ForwardContext {
   at::Tensor token_mask_;
   at::Tensor position_ids_;
   std::map<int64_t, at::Tensor> masks_;
+  std::map<int64_t, at::Tensor> chunked_masks_;
   std::map<const RotaryEmbedding*, std::pair<at::Tensor, at::Tensor>> rope_;
 };
 
@@ -112,17 +116,26 @@ class Linear : public Module {
   fn::WeightRef ref_;
 };
 
+// Where RMSNorm applies its weight: Llama's family casts the normalised fp32 activations back to
+// the input dtype and then scales (kCastThenScale); GPT-OSS scales in fp32 and casts last.
+enum class NormStyle { kCastThenScale, kScaleThenCast };
+
 // RMSNorm as transformers computes it: x in fp32, x * rsqrt(mean(x^2) + eps), cast back to the
-// input dtype, times the weight.
+// input dtype, times the weight (or NormStyle::kScaleThenCast).
 class RMSNorm : public Module {
  public:
-  RMSNorm(std::string type, std::string name, int64_t dim, double eps);
+  RMSNorm(std::string type,
+          std::string name,
+          int64_t dim,
+          double eps,
+          NormStyle style = NormStyle::kCastThenScale);
   at::Tensor forward(const at::Tensor& x);
   double eps() const { return eps_; }
 
  private:
   Parameter* weight_;
   double eps_;
+  NormStyle style_;
 };
 
 // ---- rotary embeddings --------------------------------------------------------------------------
@@ -131,7 +144,7 @@ enum class RopeType {
   kDefault,  // inv_freq = 1 / theta^(2i/d)
   kLinear,   // inv_freq / factor
   kLlama3,   // Llama 3.1 frequency-dependent scaling
-  // kYarn, kDynamic: with the models that need them
+  kYarn,     // YaRN: ramp between interpolated and extrapolated frequencies, scaled cos/sin
 };
 
 struct RopeOptions {
@@ -146,6 +159,13 @@ struct RopeOptions {
   double low_freq_factor = 1.0;
   double high_freq_factor = 4.0;
   int64_t original_max_position_embeddings = 8192;
+  // kYarn (transformers' _compute_yarn_parameters):
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+  bool truncate = true;
+  std::optional<double> attention_factor;  // unset: derived from factor, mscale, mscale_all_dim
+  std::optional<double> mscale;
+  std::optional<double> mscale_all_dim;
 };
 
 // Rotary position embedding, rotate-half (GPT-NeoX) layout as in transformers' Llama family.
@@ -188,6 +208,9 @@ struct AttentionOptions {
   int64_t sliding_window = 0;
   // Softmax scale; unset: head_dim^-0.5.
   std::optional<double> scaling;
+  // GPT-OSS: a learned per-head logit ("sinks", [num_heads]) joins each softmax row and is
+  // dropped after it; the softmax then runs in the scores' dtype after subtracting the row max.
+  bool sinks = false;
 };
 
 // What a decoder layer calls for its attention.
@@ -222,6 +245,7 @@ class Attention : public SelfAttention {
   Linear* o_proj_;
   RMSNorm* q_norm_ = nullptr;
   RMSNorm* k_norm_ = nullptr;
+  Parameter* sinks_ = nullptr;
 };
 
 // ---- feed-forward -------------------------------------------------------------------------------
@@ -321,6 +345,13 @@ class Experts : public Module {
   virtual int64_t num_experts() const = 0;
   // Expert e's output for rows [n, H] (not yet weighted by the router).
   virtual at::Tensor run_expert(int64_t expert, const at::Tensor& rows) = 0;
+  // The block's routed forward, when the experts have their own (fused experts run as one batched
+  // matmul); nullopt: the block runs its per-expert loop. x [T, H].
+  virtual std::optional<at::Tensor> run_routed(const at::Tensor& x,
+                                               const RouterOutput& routing,
+                                               bool weight_on_input) {
+    return std::nullopt;
+  }
 };
 
 // One GatedMlp per expert, under "<name>.<e>." (the easy tier's layout).
@@ -368,6 +399,8 @@ struct SparseMoeOptions {
   GatedMlpOptions shared_expert_options;
   std::string router_name = "gate";
   std::string experts_name = "experts";
+  // Llama 4: each expert's input is scaled by its router weight and its output is summed as is.
+  bool router_weight_on_input = false;
 };
 
 // Router + experts (+ optional shared expert): Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE ...
@@ -383,6 +416,7 @@ class SparseMoeBlock : public FeedForward {
   Router& router() { return *router_; }
   Experts& experts() { return *experts_; }
   GatedMlp* shared_expert() { return shared_expert_; }
+  bool router_weight_on_input() const { return options_.router_weight_on_input; }
   Linear* shared_expert_gate() { return shared_gate_; }
 
   // The pieces of forward, for hooks and adapters. x is [T, H].

@@ -31,6 +31,7 @@ struct CausalLMConfig {
   double rms_norm_eps = 1e-6;
   bool tie_word_embeddings = false;
   std::string norm_type = "RMSNorm";  // the final norm's type key
+  NormStyle norm_style = NormStyle::kCastThenScale;
 };
 
 class CausalLM : public Module {

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -66,6 +67,33 @@ class CheckpointSource final : public WeightSource {
  private:
   std::shared_ptr<const io::SafetensorsCheckpoint> checkpoint_;
   std::string description_;
+};
+
+// Tensors computed from another source's: a packed source format dequantized as the model asks
+// for it (GPT-OSS's MXFP4 `*_blocks` + `*_scales`, DeepSeek's FP8 weights with
+// `weight_scale_inv`). names() lists each derived tensor in place of the stored ones it replaces,
+// so a checkpoint written from this source holds the model's own tensors.
+class DerivedSource final : public WeightSource {
+ public:
+  struct Rule {
+    std::string name;                 // the tensor the model reads
+    std::vector<std::string> inputs;  // the stored tensors it is computed from
+    std::function<at::Tensor(const std::vector<at::Tensor>& inputs)> compute;
+  };
+  // `what`: how the tensors are derived, for descriptions ("MXFP4 dequantized").
+  DerivedSource(std::shared_ptr<WeightSource> base, std::vector<Rule> rules, std::string what);
+
+  at::Tensor get(const std::string& name) override;
+  bool has(const std::string& name) const override;
+  std::vector<std::string> names() const override;
+  std::string describe() const override;
+  WeightSource& base() { return *base_; }
+
+ private:
+  std::shared_ptr<WeightSource> base_;
+  std::map<std::string, Rule> rules_;
+  std::map<std::string, std::string> replaced_;  // stored input -> the derived tensor
+  std::string what_;
 };
 
 }  // namespace moeq::runtime

@@ -1,0 +1,96 @@
+// Torch ops for Python tests of the plugins' models (the architectures registered by the in-tree
+// plugins, loaded from the default plugin directory once per process):
+//   torch.ops.moeq.run_model(model_dir, input_ids, attention_mask, position_ids, dtype, device,
+//       keep_resident, experts_dispatch) -> (logits, topk_ids[], topk_weights[])
+// experts_dispatch ("", "per_expert", "batched", "grouped") overrides how fused experts run.
+#include <moeq/core/error.h>
+#include <moeq/registry/plugin_manager.h>
+#include <moeq/runtime/causal_lm.h>
+#include <moeq/runtime/weight_source.h>
+#include <moeq/runtime/fused_experts.h>
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <mutex>
+
+namespace moeq {
+namespace {
+
+class RoutingRecorder final : public runtime::MoeHook {
+ public:
+  void on_route(runtime::SparseMoeBlock& block,
+                const at::Tensor& x,
+                const runtime::RouterOutput& routing) override {
+    ids.push_back(routing.topk_ids);
+    weights.push_back(routing.topk_weights);
+  }
+  std::vector<at::Tensor> ids;
+  std::vector<at::Tensor> weights;
+};
+
+PluginManager& default_plugins() {
+  static PluginManager manager;
+  static std::once_flag once;
+  std::call_once(once, [] { load_default_plugins(manager); });
+  return manager;
+}
+
+runtime::FusedDispatch parse_dispatch(const std::string& text) {
+  if (text == "per_expert") {
+    return runtime::FusedDispatch::kPerExpert;
+  }
+  if (text == "batched") {
+    return runtime::FusedDispatch::kBatched;
+  }
+  MOEQ_CHECK(text == "grouped",
+             "experts_dispatch must be per_expert, batched or grouped, got '{}'", text);
+  return runtime::FusedDispatch::kGrouped;
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> run_model(
+    const std::string& model_dir,
+    const at::Tensor& input_ids,
+    const std::optional<at::Tensor>& attention_mask,
+    const std::optional<at::Tensor>& position_ids,
+    std::optional<at::ScalarType> dtype,
+    std::optional<at::Device> device,
+    bool keep_resident,
+    const std::string& experts_dispatch) {
+  runtime::RuntimeOptions options;
+  options.placement.dtype = dtype.value_or(at::kFloat);
+  options.placement.device = device.value_or(at::kCPU);
+  options.keep_resident = keep_resident;
+  const auto config = io::HfConfig::load(model_dir);
+  auto& registries = default_plugins().registries();
+  const auto architecture = config.architecture();
+  MOEQ_CHECK(registries.architectures.contains(architecture),
+             "{}: architecture '{}' is not registered by any in-tree plugin", model_dir,
+             architecture);
+  auto builder = registries.architectures.create(architecture);
+  auto model = builder->build(config, std::make_shared<runtime::CheckpointSource>(model_dir),
+                              options);
+  auto recorder = std::make_shared<RoutingRecorder>();
+  model->for_each_module([&](runtime::Module& m) {
+    if (auto* moe = dynamic_cast<runtime::SparseMoeBlock*>(&m)) {
+      moe->add_hook(recorder);
+    }
+    if (auto* fused = dynamic_cast<runtime::FusedExperts*>(&m); fused && !experts_dispatch.empty()) {
+      fused->set_dispatch(parse_dispatch(experts_dispatch));
+    }
+  });
+  auto logits = model->forward(input_ids, attention_mask.value_or(at::Tensor()),
+                               position_ids.value_or(at::Tensor()));
+  return {logits, recorder->ids, recorder->weights};
+}
+
+}  // namespace
+}  // namespace moeq
+
+TORCH_LIBRARY_FRAGMENT(moeq, m) {
+  m.def(
+      "run_model(str model_dir, Tensor input_ids, Tensor? attention_mask=None, "
+      "Tensor? position_ids=None, ScalarType? dtype=None, Device? device=None, "
+      "bool keep_resident=False, str experts_dispatch=\"\") -> (Tensor, Tensor[], Tensor[])",
+      &moeq::run_model);
+}
