@@ -264,8 +264,13 @@ TEST(RuntimeConfig, ErrorsNameTheFieldAndFile) {
   config = mixtral_config(2, 32, 48);
   config["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
   EXPECT_EQ(message(config),
-            "config '/m/config.json': RoPE type 'yarn' is not supported yet (supported: default, "
-            "linear, llama3)");
+            "config '/m/config.json': key 'rope_scaling.original_max_position_embeddings' is "
+            "missing");
+  config = mixtral_config(2, 32, 48);
+  config["rope_scaling"] = {{"rope_type", "longrope"}, {"factor", 4.0}};
+  EXPECT_EQ(message(config),
+            "config '/m/config.json': RoPE type 'longrope' is not supported yet (supported: "
+            "default, linear, llama3, yarn)");
   config = mixtral_config(2, 32, 48);
   config["hidden_act"] = "gelu";
   EXPECT_EQ(message(config),
