@@ -109,3 +109,19 @@ def test_mxfp4_source_error_names_tensor(tiny_fused, model_ops, tmp_path):
     with pytest.raises(RuntimeError, match="down_proj_blocks.*down_proj_scales"):
         model_ops.run_model(str(dst), torch.ones(1, 4, dtype=torch.long), None, None,
                             torch.float32, None, False, "")
+
+
+def test_inspect_shows_the_mid_tier(tiny_fused):
+    """moeq inspect: the experts are claimed by the mid adapter with their count, and the MXFP4
+    blocks/scales are read through the dequantizing source (no tensor left unread)."""
+    import json as _json
+    moeq = os.path.join(BUILD, "tools", "cli", "moeq")
+    proc = subprocess.run([moeq, "inspect", os.path.join(tiny_fused, "gpt_oss_mxfp4"), "--json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = _json.loads(proc.stdout)
+    tiers = {(c["type"], c["tier"], c["experts"]) for c in out["claimed"]}
+    assert tiers == {("GptOssMLP", "easy", 4), ("GptOssExperts", "mid", 4)}
+    assert out["unclaimed_tensors"] == []
+    assert "MXFP4" in out["source"]
+    assert out["moe_modules_without_adapter"] == []

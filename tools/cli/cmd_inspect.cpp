@@ -109,12 +109,11 @@ int run_inspect(const InspectOptions& options) {
         adapter = registries.module_adapters.create(m.type());
       }
       int64_t experts = 0;
-      m.for_each_module([&](runtime::Module& child) {
-        if (child.name().find(".experts.") != std::string::npos &&
-            child.children().size() == 3) {  // a gated MLP: gate, up, down
-          ++experts;
-        }
-      });
+      if (auto* block = dynamic_cast<runtime::SparseMoeBlock*>(&m)) {
+        experts = block->experts().num_experts();
+      } else if (auto* stack = dynamic_cast<runtime::Experts*>(&m)) {
+        experts = stack->num_experts();
+      }
       claimed_prefixes.push_back(m.name() + ".");
       claimed.push_back({{"module", m.name()},
                          {"type", m.type()},
@@ -127,8 +126,11 @@ int run_inspect(const InspectOptions& options) {
       unclaimed_modules.push_back({{"module", m.name()}, {"type", m.type()}});
     }
   });
+  // What the model reads: a builder may derive tensors from stored ones (MXFP4 experts).
+  auto& weights = model->weights();
+  out["source"] = weights.describe();
   std::vector<std::string> unclaimed_tensors;
-  for (const auto& name : source->names()) {
+  for (const auto& name : weights.names()) {
     if (!read.contains(name)) {
       unclaimed_tensors.push_back(name);
     }
@@ -137,7 +139,7 @@ int run_inspect(const InspectOptions& options) {
   out["moe_modules_without_adapter"] = unclaimed_modules;
   out["unclaimed_tensors"] = unclaimed_tensors;
   out["layers"] = model->num_layers();
-  out["tensors"] = source->names().size();
+  out["tensors"] = weights.names().size();
   if (options.json) {
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
@@ -146,7 +148,10 @@ int run_inspect(const InspectOptions& options) {
   std::printf("%s\n  architecture %s, built by %s\n  %lld decoder layers, %zu checkpoint tensors\n",
               model_dir.string().c_str(), architecture.c_str(),
               arch_entry->origin.to_string().c_str(), static_cast<long long>(model->num_layers()),
-              source->names().size());
+              weights.names().size());
+  if (&weights != source.get()) {
+    std::printf("  read through: %s\n", weights.describe().c_str());
+  }
   // One line per distinct (type, tier, experts), with the layers it covers.
   std::map<std::string, std::vector<int64_t>> groups;
   std::map<std::string, nlohmann::json> first;
