@@ -153,6 +153,11 @@ std::shared_ptr<const Schema> quantize_schema() {
            .type = FieldType::kBoolean,
            .default_value = false,
            .doc = "keep calibration activations on the host between layers"},
+          {.name = "drop_excluded_layers",
+           .type = FieldType::kBoolean,
+           .default_value = false,
+           .doc = "leave layers the model does not run (DeepSeek-V3's MTP layer) out of the "
+                  "checkpoint instead of copying them through"},
       });
   return schema;
 }
@@ -268,6 +273,7 @@ Recipe build_recipe(const ConfigNode& root, const fs::path& file, const fs::path
     config.skip_dense_mlp = quantize.boolean("skip_dense_mlp");
     config.propagate_quantized = quantize.string("propagate") == "quantized";
     config.offload_activations = quantize.boolean("offload_activations");
+    config.drop_excluded_layers = quantize.boolean("drop_excluded_layers");
     recipe.quantize = config;
   }
   if (parsed.has("evaluation")) {

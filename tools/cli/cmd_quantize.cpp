@@ -305,6 +305,7 @@ int run_quantize(const QuantizeFlags& flags) {
   options.rules.skip_dense_mlp = recipe.quantize->skip_dense_mlp;
   options.propagate_quantized = recipe.quantize->propagate_quantized;
   options.offload_activations = recipe.quantize->offload_activations;
+  options.drop_excluded = recipe.quantize->drop_excluded_layers;
   options.calibration.mode = recipe.calibration->mode;
   options.calibration.ratio = recipe.calibration->ratio;
   options.calibration.min_tokens = recipe.calibration->min_tokens;

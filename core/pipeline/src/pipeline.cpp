@@ -320,9 +320,26 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       }
     }
   });
+  // Layers the model does not run (an MTP layer): their projections are excluded, their
+  // tensors copied through unless dropped.
+  const auto excluded = [&](const std::string& name) {
+    for (const auto& prefix : model->excluded_prefixes()) {
+      if (name.starts_with(prefix + ".")) {
+        return true;
+      }
+    }
+    return false;
+  };
+  for (const auto& name : weights.names()) {
+    if (excluded(name) && name.ends_with(".weight") && !options_.drop_excluded &&
+        weights.get(name).dim() == 2 && name.find("norm") == std::string::npos &&
+        name.find("embed") == std::string::npos) {
+      result.ignored_modules.push_back(name.substr(0, name.size() - 7));
+    }
+  }
   if (exporter) {
     for (const auto& name : weights.names()) {
-      if (!quantized_weights.contains(name)) {
+      if (!quantized_weights.contains(name) && !(options_.drop_excluded && excluded(name))) {
         exporter->add_tensor(name, weights.get(name));
       }
     }

@@ -74,6 +74,7 @@ struct QuantizeConfig {
   bool skip_dense_mlp = false;
   bool propagate_quantized = true;
   bool offload_activations = false;
+  bool drop_excluded_layers = false;
 };
 
 struct EvaluationConfig {

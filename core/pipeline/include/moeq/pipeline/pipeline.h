@@ -43,6 +43,9 @@ struct PipelineOptions {
   // Keep calibration activations on the host between layers (models whose activations do not
   // fit next to a layer on the GPU).
   bool offload_activations = false;
+  // Leave the layers the model does not run (CausalLM::excluded_prefixes, an MTP layer) out of
+  // the checkpoint instead of copying them through.
+  bool drop_excluded = false;
   exporting::ExportOptions export_options;
   bool write_checkpoint = true;  // false: calibrate, quantize and evaluate only
   // Called with each quantized projection's fake-quantized weight (its stored dtype's values, in

@@ -72,6 +72,12 @@ class CausalLM : public Module {
   at::Tensor run_layer(int64_t i, const at::Tensor& hidden, ForwardContext& ctx);
   at::Tensor head(const at::Tensor& hidden);
 
+  // Checkpoint prefixes the model does not run (DeepSeek-V3's multi-token-prediction layer,
+  // "model.layers.61"): never quantized; the pipeline copies their tensors through (or drops
+  // them) and lists their projections as excluded.
+  void exclude_prefix(std::string prefix) { excluded_.push_back(std::move(prefix)); }
+  const std::vector<std::string>& excluded_prefixes() const { return excluded_; }
+
   // Explicit residency control for drivers that run a layer on many batches.
   void load(Module& module);
   void release(Module& module);
@@ -93,6 +99,7 @@ class CausalLM : public Module {
   RMSNorm* norm_;
   Linear* lm_head_;
   StepObserver step_observer_;
+  std::vector<std::string> excluded_;
 };
 
 }  // namespace moeq::runtime

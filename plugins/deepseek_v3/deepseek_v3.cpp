@@ -1,0 +1,371 @@
+// The deepseek_v3 plugin: DeepseekV3ForCausalLM (DeepSeek-V3, R1, V3.1; Kimi-K2-style configs),
+// a hard-tier model. What makes it hard, and which stage of the pipeline each part takes over:
+// - source loading: the published weights are FP8 E4M3 with 128x128 `weight_scale_inv` blocks;
+//   a DerivedSource dequantizes each projection to bf16 as its layer is loaded, so calibration
+//   and quantization see the weights the model computes with;
+// - attention: multi-head latent attention (low-rank q and kv with their own norms, a shared
+//   RoPE key, interleaved rotary channels, YaRN with mscale folded into the softmax scale);
+// - routing: sigmoid scores plus a correction bias choose top-k experts within the top groups
+//   (n_group / topk_group), weights renormalised and scaled (routed_scaling_factor), shared
+//   experts added; the first first_k_dense_replace layers are dense;
+// - layers to skip: the multi-token-prediction layer (model.layers.<num_hidden_layers>) is not
+//   part of the model that runs; it is copied through unquantized and listed as excluded.
+// The experts are per-expert 2-D projections in the hub layout, so the block's calibration
+// routing is the easy tier's adapter under a hard-tier registration.
+#include <moeq/adapters/sparse_moe.h>
+#include <moeq/core/error.h>
+#include <moeq/kernels/source_dequant.h>
+#include <moeq/registry/causal_lm_architecture.h>
+#include <moeq/registry/plugin_abi.h>
+#include <moeq/registry/plugin_registrar.h>
+#include <moeq/runtime/model_config.h>
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <cmath>
+
+namespace {
+
+using namespace moeq::runtime;  // NOLINT(google-build-using-namespace)
+using moeq::fn::ProjKind;
+namespace model_config = moeq::runtime::detail;
+
+struct GroupedRouterOptions {
+  int64_t hidden_size = 0;
+  int64_t num_experts = 0;
+  int64_t top_k = 0;
+  int64_t n_group = 1;
+  int64_t topk_group = 1;
+  bool norm_topk_prob = true;
+  double routed_scaling_factor = 1.0;
+};
+
+// transformers' DeepseekV3TopkRouter: logits in fp32; top-k over experts of the top groups
+// ranked by sigmoid + correction bias; weights are the plain sigmoid scores.
+class DeepseekV3TopkRouter final : public Router {
+ public:
+  DeepseekV3TopkRouter(std::string name, const GroupedRouterOptions& o)
+      : Router("DeepseekV3TopkRouter", std::move(name), o.num_experts, o.top_k),
+        options_(o),
+        weight_(&add_parameter("weight", {o.num_experts, o.hidden_size})),
+        bias_(&add_parameter("e_score_correction_bias", {o.num_experts})) {
+    MOEQ_CHECK(o.n_group > 0 && o.num_experts % o.n_group == 0 && o.topk_group > 0 &&
+                   o.topk_group <= o.n_group,
+               "{}: n_group {} must divide n_routed_experts {} and topk_group {} be in [1, n_group]",
+               this->name(), o.n_group, o.num_experts, o.topk_group);
+    bias_->dtype = at::kFloat;  // transformers keeps it fp32 (_keep_in_fp32_modules_strict)
+    ref_.name = weight_->name;
+    ref_.role = "router";
+    ref_.kind = ProjKind::kRouter;
+  }
+
+  RouterOutput route(const at::Tensor& hidden) override {
+    const auto& o = options_;
+    RouterOutput out;
+    out.logits = moeq::fn::linear(hidden.to(at::kFloat), weight_->value.to(at::kFloat),
+                                  std::nullopt, ref_);
+    auto scores = out.logits.sigmoid();
+    auto choice = scores + bias_->value;
+    const auto t = choice.size(0);
+    auto group_scores =
+        std::get<0>(choice.view({t, o.n_group, -1}).topk(2, -1)).sum(-1);  // [T, G]
+    auto group_idx = std::get<1>(at::topk(group_scores, o.topk_group, -1, true, false));
+    auto group_mask = at::zeros_like(group_scores).scatter_(1, group_idx, 1);
+    auto score_mask = group_mask.unsqueeze(-1)
+                          .expand({t, o.n_group, o.num_experts / o.n_group})
+                          .reshape({t, o.num_experts});
+    choice = choice.masked_fill(score_mask.logical_not(), -std::numeric_limits<float>::infinity());
+    auto ids = std::get<1>(at::topk(choice, o.top_k, -1, true, false));
+    auto weights = scores.gather(1, ids);
+    if (o.norm_topk_prob) {
+      weights = weights / (weights.sum(-1, true) + 1e-20);
+    }
+    out.topk_ids = ids;
+    out.topk_weights = weights * o.routed_scaling_factor;
+    out.probs = scores;
+    return out;
+  }
+
+ private:
+  GroupedRouterOptions options_;
+  Parameter* weight_;
+  Parameter* bias_;
+  moeq::fn::WeightRef ref_;
+};
+
+struct MlaOptions {
+  int64_t hidden_size = 0;
+  int64_t num_heads = 0;
+  int64_t q_lora_rank = 0;  // 0: a plain q_proj
+  int64_t kv_lora_rank = 0;
+  int64_t qk_nope_head_dim = 0;
+  int64_t qk_rope_head_dim = 0;
+  int64_t v_head_dim = 0;
+  bool bias = false;
+  bool rope_interleave = true;
+  double eps = 1e-6;
+  double scaling = 1.0;
+};
+
+// Multi-head latent attention as transformers' DeepseekV3Attention computes it.
+class DeepseekV3Attention final : public SelfAttention {
+ public:
+  DeepseekV3Attention(std::string name,
+                      const MlaOptions& o,
+                      std::shared_ptr<const RotaryEmbedding> rotary)
+      : SelfAttention("DeepseekV3Attention", std::move(name)),
+        options_(o),
+        rotary_(std::move(rotary)) {
+    const auto qk_head = o.qk_nope_head_dim + o.qk_rope_head_dim;
+    if (o.q_lora_rank > 0) {
+      q_a_ = add_child(std::make_unique<Linear>(child_name("q_a_proj"), o.hidden_size,
+                                                o.q_lora_rank, o.bias, ProjKind::kQ));
+      q_a_norm_ = add_child(std::make_unique<RMSNorm>("DeepseekV3RMSNorm",
+                                                      child_name("q_a_layernorm"), o.q_lora_rank,
+                                                      1e-6));
+      q_b_ = add_child(std::make_unique<Linear>(child_name("q_b_proj"), o.q_lora_rank,
+                                                o.num_heads * qk_head, false, ProjKind::kQ));
+    } else {
+      q_b_ = add_child(std::make_unique<Linear>(child_name("q_proj"), o.hidden_size,
+                                                o.num_heads * qk_head, false, ProjKind::kQ));
+    }
+    kv_a_ = add_child(std::make_unique<Linear>(child_name("kv_a_proj_with_mqa"), o.hidden_size,
+                                               o.kv_lora_rank + o.qk_rope_head_dim, o.bias,
+                                               ProjKind::kK));
+    kv_a_norm_ = add_child(std::make_unique<RMSNorm>(
+        "DeepseekV3RMSNorm", child_name("kv_a_layernorm"), o.kv_lora_rank, 1e-6));
+    kv_b_ = add_child(std::make_unique<Linear>(child_name("kv_b_proj"), o.kv_lora_rank,
+                                               o.num_heads * (o.qk_nope_head_dim + o.v_head_dim),
+                                               false, ProjKind::kV));
+    o_ = add_child(std::make_unique<Linear>(child_name("o_proj"), o.num_heads * o.v_head_dim,
+                                            o.hidden_size, o.bias, ProjKind::kO));
+  }
+
+  at::Tensor forward(const at::Tensor& hidden, ForwardContext& ctx) override {
+    const auto& o = options_;
+    const auto b = hidden.size(0), s = hidden.size(1);
+    const auto qk_head = o.qk_nope_head_dim + o.qk_rope_head_dim;
+    auto q = q_a_ != nullptr ? q_b_->forward(q_a_norm_->forward(q_a_->forward(hidden)))
+                             : q_b_->forward(hidden);
+    q = q.view({b, s, -1, qk_head}).transpose(1, 2);
+    auto q_pass = q.narrow(-1, 0, o.qk_nope_head_dim);
+    auto q_rot = q.narrow(-1, o.qk_nope_head_dim, o.qk_rope_head_dim);
+    auto compressed = kv_a_->forward(hidden);
+    auto kv_nope = kv_a_norm_->forward(compressed.narrow(-1, 0, o.kv_lora_rank));
+    auto k_rot =
+        compressed.narrow(-1, o.kv_lora_rank, o.qk_rope_head_dim).view({b, 1, s, o.qk_rope_head_dim});
+    const auto& [cos, sin] = ctx.rope(*rotary_);
+    if (o.rope_interleave) {
+      q_rot = rotate_interleaved(q_rot, cos, sin);
+      k_rot = rotate_interleaved(k_rot, cos, sin);
+    } else {
+      q_rot = RotaryEmbedding::apply(q_rot, cos, sin);
+      k_rot = RotaryEmbedding::apply(k_rot, cos, sin);
+    }
+    auto query = at::cat({q_pass, q_rot}, -1);
+    auto kv = kv_b_->forward(kv_nope.view({b, 1, s, o.kv_lora_rank}))
+                  .view({b, s, -1, o.qk_nope_head_dim + o.v_head_dim})
+                  .transpose(1, 2);
+    auto k_nope = kv.narrow(-1, 0, o.qk_nope_head_dim);
+    auto value = kv.narrow(-1, o.qk_nope_head_dim, o.v_head_dim);
+    auto key = at::cat({k_nope, k_rot.expand({b, k_nope.size(1), s, o.qk_rope_head_dim})}, -1);
+    auto scores = at::matmul(query, key.transpose(2, 3)) * o.scaling;
+    scores = scores + ctx.additive_mask(0);
+    auto probs = at::softmax(scores, -1, at::kFloat).to(query.scalar_type());
+    auto out = at::matmul(probs, value).transpose(1, 2).contiguous().reshape({b, s, -1});
+    return o_->forward(out);
+  }
+
+ private:
+  // transformers' apply_rotary_pos_emb_interleave: pairs (2i, 2i+1) rotate by frequency i and
+  // the result is laid out [real parts | imaginary parts].
+  static at::Tensor rotate_interleaved(const at::Tensor& x,
+                                       const at::Tensor& cos,
+                                       const at::Tensor& sin) {
+    const auto half = cos.size(-1) / 2;
+    auto c = cos.narrow(-1, 0, half).unsqueeze(1);
+    auto s = sin.narrow(-1, 0, half).unsqueeze(1);
+    auto x1 = x.slice(-1, 0, x.size(-1), 2);
+    auto x2 = x.slice(-1, 1, x.size(-1), 2);
+    return at::cat({x1 * c - x2 * s, x2 * c + x1 * s}, -1);
+  }
+
+  MlaOptions options_;
+  std::shared_ptr<const RotaryEmbedding> rotary_;
+  Linear* q_a_ = nullptr;
+  RMSNorm* q_a_norm_ = nullptr;
+  Linear* q_b_ = nullptr;
+  Linear* kv_a_ = nullptr;
+  RMSNorm* kv_a_norm_ = nullptr;
+  Linear* kv_b_ = nullptr;
+  Linear* o_ = nullptr;
+};
+
+// FP8 projections (`<m>.weight` E4M3 + `<m>.weight_scale_inv` fp32 per 128x128 block) become
+// bf16 weights, as transformers' FP8 dequantization computes them.
+std::shared_ptr<WeightSource> dequantize_fp8_blocks(std::shared_ptr<WeightSource> source,
+                                                    const moeq::io::HfConfig& config) {
+  int64_t block_rows = 128;
+  int64_t block_cols = 128;
+  if (auto block = config.find<std::vector<int64_t>>("quantization_config.weight_block_size")) {
+    MOEQ_CHECK(block->size() == 2, "config '{}': weight_block_size must be [rows, cols], got {} "
+               "values", config.source(), block->size());
+    block_rows = (*block)[0];
+    block_cols = (*block)[1];
+  }
+  std::vector<DerivedSource::Rule> rules;
+  constexpr std::string_view kScale = "_scale_inv";
+  for (const auto& name : source->names()) {
+    if (!name.ends_with(kScale)) {
+      continue;
+    }
+    const auto weight = name.substr(0, name.size() - kScale.size());
+    MOEQ_CHECK(source->has(weight), "{}: '{}' has no weight '{}' beside it", source->describe(),
+               name, weight);
+    rules.push_back({weight, {weight, name}, [block_rows, block_cols](const std::vector<at::Tensor>& in) {
+                       return moeq::kernels::dequantize_fp8_block_source(
+                           in[0], in[1], at::kBFloat16, block_rows, block_cols);
+                     }});
+  }
+  if (rules.empty()) {
+    return source;
+  }
+  return std::make_shared<DerivedSource>(std::move(source), std::move(rules),
+                                         "FP8 block weights dequantized to bf16");
+}
+
+double yarn_mscale(double scale, double mscale) {
+  return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
+}
+
+std::unique_ptr<CausalLM> build_deepseek_v3(const moeq::io::HfConfig& config,
+                                            std::shared_ptr<WeightSource> weights,
+                                            const RuntimeOptions& options) {
+  const auto hidden = config.get<int64_t>("hidden_size");
+  const auto num_layers = config.get<int64_t>("num_hidden_layers");
+  const auto eps = config.get_or("rms_norm_eps", 1e-6);
+
+  CausalLMConfig lm;
+  lm.vocab_size = config.get<int64_t>("vocab_size");
+  lm.hidden_size = hidden;
+  lm.num_layers = num_layers;
+  lm.rms_norm_eps = eps;
+  lm.tie_word_embeddings = config.get_or("tie_word_embeddings", false);
+  lm.norm_type = "DeepseekV3RMSNorm";
+  auto model = std::make_unique<CausalLM>("DeepseekV3ForCausalLM", lm,
+                                          dequantize_fp8_blocks(std::move(weights), config),
+                                          options);
+  // The MTP layer(s) after the last decoder layer are not run: excluded, copied through.
+  const auto mtp = config.get_or<int64_t>("num_nextn_predict_layers", 0);
+  for (int64_t i = 0; i < mtp; ++i) {
+    model->exclude_prefix(fmt::format("model.layers.{}", num_layers + i));
+  }
+
+  MlaOptions mla;
+  mla.hidden_size = hidden;
+  mla.num_heads = config.get<int64_t>("num_attention_heads");
+  mla.q_lora_rank = config.get_or<int64_t>("q_lora_rank", 0);
+  mla.kv_lora_rank = config.get<int64_t>("kv_lora_rank");
+  mla.qk_nope_head_dim = config.get<int64_t>("qk_nope_head_dim");
+  mla.qk_rope_head_dim = config.get<int64_t>("qk_rope_head_dim");
+  mla.v_head_dim = config.get<int64_t>("v_head_dim");
+  mla.bias = config.get_or("attention_bias", false);
+  mla.rope_interleave = config.get_or("rope_interleave", true);
+  MOEQ_CHECK(config.get_or<int64_t>("num_key_value_heads", mla.num_heads) == mla.num_heads,
+             "config '{}': MLA expands keys per head; num_key_value_heads must equal "
+             "num_attention_heads",
+             config.source());
+  auto rope = model_config::rope_options(config, mla.qk_rope_head_dim, /*default_theta=*/10000.0);
+  mla.scaling = 1.0 / std::sqrt(static_cast<double>(mla.qk_nope_head_dim + mla.qk_rope_head_dim));
+  if (rope.type != RopeType::kDefault && rope.mscale_all_dim && *rope.mscale_all_dim != 0.0) {
+    const auto m = yarn_mscale(rope.factor, *rope.mscale_all_dim);
+    mla.scaling *= m * m;
+  }
+  auto rotary = std::make_shared<const RotaryEmbedding>(rope);
+  model->set_rotary(rotary);
+
+  GroupedRouterOptions router;
+  router.hidden_size = hidden;
+  router.num_experts = config.get<int64_t>("n_routed_experts");
+  router.top_k = config.get<int64_t>("num_experts_per_tok");
+  router.n_group = config.get_or<int64_t>("n_group", 1);
+  router.topk_group = config.get_or<int64_t>("topk_group", 1);
+  router.norm_topk_prob = config.get_or("norm_topk_prob", true);
+  router.routed_scaling_factor = config.get_or("routed_scaling_factor", 1.0);
+  const auto activation = model_config::activation(config, "DeepseekV3ForCausalLM");
+
+  GatedMlpOptions expert;
+  expert.hidden_size = hidden;
+  expert.intermediate_size = config.get<int64_t>("moe_intermediate_size");
+  expert.activation = activation;
+  SparseMoeOptions block;
+  block.shared_expert = config.get_or<int64_t>("n_shared_experts", 0) > 0;
+  block.shared_expert_name = "shared_experts";
+  block.shared_expert_type = "DeepseekV3MLP";
+  block.shared_expert_options = expert;
+  block.shared_expert_options.intermediate_size =
+      expert.intermediate_size * config.get_or<int64_t>("n_shared_experts", 0);
+  GatedMlpOptions dense;
+  dense.hidden_size = hidden;
+  dense.intermediate_size = config.get<int64_t>("intermediate_size");
+  dense.activation = activation;
+  const auto first_dense = config.get_or<int64_t>("first_k_dense_replace", 0);
+
+  for (int64_t i = 0; i < num_layers; ++i) {
+    const auto prefix = fmt::format("model.layers.{}", i);
+    auto layer = std::make_unique<DecoderLayer>("DeepseekV3DecoderLayer", prefix, i);
+    layer->set_input_layernorm(std::make_unique<RMSNorm>(
+        "DeepseekV3RMSNorm", prefix + ".input_layernorm", hidden, eps));
+    layer->set_attention(
+        std::make_unique<DeepseekV3Attention>(prefix + ".self_attn", mla, rotary));
+    layer->set_post_attention_layernorm(std::make_unique<RMSNorm>(
+        "DeepseekV3RMSNorm", prefix + ".post_attention_layernorm", hidden, eps));
+    const auto mlp = prefix + ".mlp";
+    if (i >= first_dense) {
+      auto moe = std::make_unique<SparseMoeBlock>("DeepseekV3MoE", mlp, block);
+      moe->set_router(std::make_unique<DeepseekV3TopkRouter>(mlp + ".gate", router));
+      moe->set_experts(std::make_unique<PerExpertMlps>("DeepseekV3Experts", mlp + ".experts",
+                                                       router.num_experts, "DeepseekV3MLP",
+                                                       expert));
+      layer->set_mlp(std::move(moe));
+    } else {
+      layer->set_mlp(std::make_unique<GatedMlp>("DeepseekV3MLP", mlp, dense));
+    }
+    model->add_layer(std::move(layer));
+  }
+  return model;
+}
+
+// The MoE block's adapter: the easy tier's calibration routing (the grouped router's output is
+// what every pass combines with), registered as hard because the model needs the stages above.
+class DeepseekV3MoeAdapter final : public moeq::ModuleAdapter {
+ public:
+  std::string type_key() const override { return "DeepseekV3MoE"; }
+  moeq::Tier tier() const override { return moeq::Tier::kHard; }
+  std::string describe() const override {
+    return "DeepSeek-V3 MoE: grouped top-k routing with correction bias, FP8 block source "
+           "dequantized per layer, MTP layer excluded; all-expert calibration, routed output";
+  }
+  void attach(Module& module, moeq::pipeline::LayerSession& session) override {
+    routing_.attach(module, session);
+  }
+
+ private:
+  moeq::adapters::SparseMoeAdapter routing_{"DeepseekV3MoE"};
+};
+
+void register_deepseek_v3(moeq::PluginRegistrar& registrar) {
+  registrar.add_architecture(
+      "DeepseekV3ForCausalLM",
+      moeq::causal_lm_architecture(
+          "DeepseekV3ForCausalLM", &build_deepseek_v3,
+          "DeepSeek-V3/R1: MLA attention, grouped sigmoid top-k routing with correction bias, "
+          "shared experts, dense first layers; FP8 block source; MTP layer excluded"));
+  registrar.add_module_adapter("DeepseekV3MoE",
+                               [] { return std::make_unique<DeepseekV3MoeAdapter>(); });
+}
+
+}  // namespace
+
+MOEQ_PLUGIN(deepseek_v3, "0.1.0", register_deepseek_v3)
