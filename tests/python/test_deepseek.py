@@ -137,3 +137,20 @@ def test_inspect_shows_the_hard_tier(tiny_deepseek):
     # The MTP layer's tensors are the only ones no module reads.
     assert out["unclaimed_tensors"] and all(
         t.startswith("model.layers.3.") for t in out["unclaimed_tensors"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["deepseek_v3", "deepseek_v3_fp8"])
+def test_cuda_fp32_parity(name, tiny_deepseek, model_ops):
+    """The FP8 source dequantized by the CUDA kernel, MLA and grouped routing on the GPU."""
+    d = os.path.join(tiny_deepseek, name)
+    ref = load_file(os.path.join(d, "reference.safetensors"))
+    b = 0
+    while f"input_ids_{b}" in ref:
+        logits, _, _ = model_ops.run_model(
+            d, ref[f"input_ids_{b}"], ref.get(f"attention_mask_{b}"), ref.get(f"position_ids_{b}"),
+            torch.float32, torch.device("cuda"), False, "")
+        valid = ref[f"valid_{b}"].bool()
+        got, want = logits.cpu()[valid], ref[f"logits_{b}"][valid]
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max(), f"{name} batch {b}"
+        b += 1
