@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One DeepSeek-V3-shaped model (tools/bench/make_deepseek_shaped.py) through `moeq quantize` on
+# the GPU, sampling the GPU's used memory every 200 ms. Usage: deepseek_memory.sh BUILD OUT
+# [layers] [scheme]. Writes OUT/deepseek_memory.{txt,csv}.
+set -euo pipefail
+build="$1"; out="$2"; layers="${3:-3}"; scheme="${4:-NVFP4}"
+model=/tmp/deepseek_shaped
+[[ -f "$model/config.json" ]] || python3 tools/bench/make_deepseek_shaped.py "$model" --layers "$layers"
+python3 - <<'PY'
+import json, random
+random.seed(0)
+with open("/tmp/deepseek_calib.jsonl", "w") as f:
+    for _ in range(32):
+        f.write(json.dumps([random.randrange(4096) for _ in range(512)]) + "\n")
+PY
+nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$out/deepseek_memory.csv" &
+smi=$!
+/usr/bin/time -v "$build/tools/cli/moeq" quantize --model "$model" --output /tmp/deepseek_q \
+  --scheme "$scheme" --calibration /tmp/deepseek_calib.jsonl --samples 32 --seq-len 512 \
+  --batch-size 8 --device cuda --dtype bfloat16 --no-eval --overwrite 2>&1 | tee "$out/deepseek_memory.txt"
+kill $smi
+echo "peak GPU memory used (MiB): $(sort -n "$out/deepseek_memory.csv" | tail -1)" | tee -a "$out/deepseek_memory.txt"
+du -sh "$model" /tmp/deepseek_q | tee -a "$out/deepseek_memory.txt"
