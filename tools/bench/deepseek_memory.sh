@@ -5,7 +5,7 @@
 set -euo pipefail
 build="$1"; out="$2"; layers="${3:-3}"; scheme="${4:-NVFP4}"
 model=/tmp/deepseek_shaped
-[[ -f "$model/config.json" ]] || python3 tools/bench/make_deepseek_shaped.py "$model" --layers "$layers"
+[[ -f "$model/model.safetensors.index.json" ]] || python3 tools/bench/make_deepseek_shaped.py "$model" --layers "$layers"
 python3 - <<'PY'
 import json, random
 random.seed(0)
@@ -15,9 +15,10 @@ with open("/tmp/deepseek_calib.jsonl", "w") as f:
 PY
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$out/deepseek_memory.csv" &
 smi=$!
+trap 'kill $smi 2>/dev/null || true' EXIT
 /usr/bin/time -v "$build/tools/cli/moeq" quantize --model "$model" --output /tmp/deepseek_q \
   --scheme "$scheme" --calibration /tmp/deepseek_calib.jsonl --samples 32 --seq-len 512 \
-  --batch-size 8 --device cuda --dtype bfloat16 --no-eval --overwrite 2>&1 | tee "$out/deepseek_memory.txt"
+  --batch-size 8 --device cuda --dtype bfloat16 --no-eval --overwrite 2>&1 | tee "$out/deepseek_memory.txt" || true
 kill $smi
 echo "peak GPU memory used (MiB): $(sort -n "$out/deepseek_memory.csv" | tail -1)" | tee -a "$out/deepseek_memory.txt"
 du -sh "$model" /tmp/deepseek_q | tee -a "$out/deepseek_memory.txt"
