@@ -21,7 +21,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.environ.get("MOEQ_BUILD_DIR", os.path.join(ROOT, "build"))
 MOEQ = os.path.join(BUILD, "tools", "cli", "moeq")
 SCRIPTS = [os.path.join(ROOT, "tools", "fixtures", n)
-           for n in ("make_tiny_deepseek.py", "make_tiny_moe.py")]
+           for n in ("make_tiny_deepseek.py", "make_tiny_fused_moe.py", "make_tiny_moe.py")]
 
 
 @pytest.fixture(scope="session")

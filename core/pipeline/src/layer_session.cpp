@@ -359,7 +359,14 @@ void LayerSession::finish_calibration() {
                "(use a scheme with dynamic activations, more samples, or calibration mode 'all')",
                group);
   }
-  std::map<std::string, at::Tensor> stored;  // stacks as stored, read once
+  std::map<std::string, at::Tensor> stored;  // stacks and their biases as stored, read once
+  const auto read_once = [&](const runtime::Parameter& p) -> const at::Tensor& {
+    auto& value = stored[p.name];
+    if (!value.defined()) {
+      value = weights_.get(p.name).to(p.value.device());
+    }
+    return value;
+  };
   for (auto& t : targets_) {
     if (t.linear != nullptr) {
       const auto& param = t.linear->weight();
@@ -369,15 +376,10 @@ void LayerSession::finish_calibration() {
     } else {
       const auto& stack = *t.slice->stack;
       MOEQ_INTERNAL_ASSERT(stack.resident(), "'{}' is not loaded", stack.name);
-      auto& value = stored[stack.name];
-      if (!value.defined()) {
-        value = weights_.get(stack.name).to(stack.value.device());
-      }
       // The expert's [out, in] weight: quantized along its input axis whatever the stack layout.
-      t.source_weight = t.fused->slice(value, *t.slice);
+      t.source_weight = t.fused->slice(read_once(stack), *t.slice);
       if (t.slice->bias != nullptr) {
-        t.bias = runtime::FusedExperts::slice_bias(
-            weights_.get(t.slice->bias->name).to(stack.value.device()), *t.slice);
+        t.bias = runtime::FusedExperts::slice_bias(read_once(*t.slice->bias), *t.slice);
       }
     }
     t.weight->observe(t.source_weight);

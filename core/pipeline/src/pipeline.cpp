@@ -330,19 +330,23 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
     }
     return false;
   };
+  // Each remaining tensor is read once: an excluded layer's 2-D weights name its projections,
+  // and everything is copied through.
   for (const auto& name : weights.names()) {
-    if (excluded(name) && name.ends_with(".weight") && !options_.drop_excluded &&
-        weights.get(name).dim() == 2 && name.find("norm") == std::string::npos &&
-        name.find("embed") == std::string::npos) {
+    if (quantized_weights.contains(name) || (options_.drop_excluded && excluded(name)) ||
+        (!exporter && !excluded(name))) {
+      continue;
+    }
+    auto tensor = weights.get(name);
+    if (excluded(name) && name.ends_with(".weight") && tensor.dim() == 2 &&
+        name.find("norm") == std::string::npos && name.find("embed") == std::string::npos) {
       result.ignored_modules.push_back(name.substr(0, name.size() - 7));
+    }
+    if (exporter) {
+      exporter->add_tensor(name, tensor);
     }
   }
   if (exporter) {
-    for (const auto& name : weights.names()) {
-      if (!quantized_weights.contains(name) && !(options_.drop_excluded && excluded(name))) {
-        exporter->add_tensor(name, weights.get(name));
-      }
-    }
     exporting::ExportSummary summary;
     summary.ignored_modules = result.ignored_modules;
     summary.expected_quantized = std::move(expected_quantized);
