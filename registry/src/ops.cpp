@@ -57,6 +57,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> run_mod
     std::optional<at::Device> device,
     bool keep_resident,
     const std::string& experts_dispatch) {
+  // Checked before the model is built, whether or not it has fused experts.
+  const auto dispatch = experts_dispatch.empty()
+                            ? std::optional<runtime::FusedDispatch>()
+                            : std::optional<runtime::FusedDispatch>(parse_dispatch(experts_dispatch));
   runtime::RuntimeOptions options;
   options.placement.dtype = dtype.value_or(at::kFloat);
   options.placement.device = device.value_or(at::kCPU);
@@ -75,8 +79,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> run_mod
     if (auto* moe = dynamic_cast<runtime::SparseMoeBlock*>(&m)) {
       moe->add_hook(recorder);
     }
-    if (auto* fused = dynamic_cast<runtime::FusedExperts*>(&m); fused && !experts_dispatch.empty()) {
-      fused->set_dispatch(parse_dispatch(experts_dispatch));
+    if (auto* fused = dynamic_cast<runtime::FusedExperts*>(&m); fused && dispatch) {
+      fused->set_dispatch(*dispatch);
     }
   });
   auto logits = model->forward(input_ids, attention_mask.value_or(at::Tensor()),

@@ -16,6 +16,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <memory>
 
 namespace {
@@ -303,6 +304,70 @@ TEST(FusedExpertsTest, AdapterRefusesAModuleThatIsNotFusedExperts) {
     EXPECT_NE(msg.find("'model.layers.0.mlp'"), std::string::npos) << msg;
     EXPECT_NE(msg.find("TestMoe"), std::string::npos) << msg;
   }
+}
+
+}  // namespace
+
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const moeq::Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(FusedExpertsTest, ConstructionErrorsNameTheModule) {
+  auto o = fused_options(FusedDispatch::kPerExpert);
+  o.intermediate_size = 0;
+  EXPECT_NE(error_of([&] { FusedExperts("T", "m.experts", o); })
+                .find("m.experts: fused experts need positive num_experts, hidden_size and "
+                      "intermediate_size, got 4, 32, 0"),
+            std::string::npos);
+  o = fused_options(FusedDispatch::kBatched);
+  o.transposed = false;
+  EXPECT_NE(error_of([&] { FusedExperts("T", "m.experts", o); })
+                .find("m.experts: batched and grouped dispatch need stacks stored [E, in, out]"),
+            std::string::npos);
+}
+
+TEST(DerivedSourceTest, ErrorsNameTheTensors) {
+  auto base = std::make_shared<TensorMapSource>();
+  base->set("a.w_blocks", at::zeros({2}));
+  DerivedSource::Rule missing{"a.w", {"a.w_blocks", "a.w_scales"}, [](const auto& in) {
+                                return in[0];
+                              }};
+  EXPECT_NE(error_of([&] { DerivedSource(base, {missing}, "test"); })
+                .find("tensor map: 'a.w' needs 'a.w_scales', which is missing"),
+            std::string::npos);
+  DerivedSource::Rule one{"a.w", {"a.w_blocks"}, [](const auto& in) { return in[0]; }};
+  EXPECT_NE(error_of([&] { DerivedSource(base, {one, one}, "test"); })
+                .find("DerivedSource: 'a.w' derived twice"),
+            std::string::npos);
+  DerivedSource::Rule failing{"a.w", {"a.w_blocks"}, [](const auto&) -> at::Tensor {
+                                MOEQ_FAIL("bad block");
+                              }};
+  DerivedSource source(base, {failing}, "decoded");
+  EXPECT_NE(error_of([&] { source.get("a.w"); })
+                .find("tensor map: computing 'a.w' (decoded) failed: bad block"),
+            std::string::npos);
+  // The derived name replaces its inputs.
+  EXPECT_EQ(source.names(), std::vector<std::string>{"a.w"});
+  EXPECT_TRUE(source.has("a.w"));
+  EXPECT_FALSE(source.has("a.w_blocks"));
+}
+
+TEST(ForwardContextTest, ChunkedMaskNeedsAPositiveChunk) {
+  ForwardContext ctx(1, 4, {}, {}, Placement{});
+  EXPECT_NE(error_of([&] { ctx.chunked_mask(0); })
+                .find("attention chunk size must be positive, got 0"),
+            std::string::npos);
+  // Chunks of 2: query 3 sees keys 2 and 3 only.
+  const auto mask = ctx.chunked_mask(2)[0][0][3];
+  EXPECT_EQ(mask[2].item<float>(), 0.0f);
+  EXPECT_LT(mask[1].item<float>(), -1e30f);
 }
 
 }  // namespace

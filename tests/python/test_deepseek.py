@@ -154,3 +154,46 @@ def test_cuda_fp32_parity(name, tiny_deepseek, model_ops):
         got, want = logits.cpu()[valid], ref[f"logits_{b}"][valid]
         assert (got - want).abs().max() <= 1e-4 * want.abs().max(), f"{name} batch {b}"
         b += 1
+
+
+def _broken_copy(src, dst, edit_tensors=None, edit_config=None):
+    from safetensors.torch import save_file
+    os.makedirs(dst)
+    config = json.load(open(os.path.join(src, "config.json")))
+    if edit_config:
+        edit_config(config)
+    json.dump(config, open(os.path.join(dst, "config.json"), "w"))
+    t = load_file(os.path.join(src, "model.safetensors"))
+    if edit_tensors:
+        edit_tensors(t)
+    save_file(t, os.path.join(dst, "model.safetensors"))
+    return dst
+
+
+def _run(ops, d):
+    return ops.run_model(d, torch.ones(1, 4, dtype=torch.long), None, None, torch.float32, None,
+                         False, "")
+
+
+def test_errors_name_the_tensor_or_key(tiny_deepseek, model_ops, tmp_path):
+    fp8 = os.path.join(tiny_deepseek, "deepseek_v3_fp8")
+    name = "model.layers.1.self_attn.o_proj.weight"
+    d = _broken_copy(fp8, str(tmp_path / "scale_alone"), edit_tensors=lambda t: t.pop(name))
+    with pytest.raises(RuntimeError, match=f"'{name}_scale_inv' has no weight '{name}' beside it"):
+        _run(model_ops, d)
+
+    def bad_groups(c):
+        c["n_group"] = 3
+    d = _broken_copy(fp8, str(tmp_path / "groups"), edit_config=bad_groups)
+    with pytest.raises(RuntimeError, match="n_group 3 must divide n_routed_experts 8"):
+        _run(model_ops, d)
+
+    def bad_kv(c):
+        c["num_key_value_heads"] = 2
+    d = _broken_copy(fp8, str(tmp_path / "kv"), edit_config=bad_kv)
+    with pytest.raises(RuntimeError, match="num_key_value_heads must equal num_attention_heads"):
+        _run(model_ops, d)
+    with pytest.raises(RuntimeError, match="experts_dispatch must be per_expert, batched or "
+                                           "grouped, got 'fast'"):
+        model_ops.run_model(fp8, torch.ones(1, 4, dtype=torch.long), None, None, torch.float32,
+                            None, False, "fast")

@@ -10,6 +10,7 @@ fp32 on CPU: logits within 1e-4 relative on every kept token, router top-k ids e
 """
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 
@@ -148,3 +149,18 @@ def test_cuda(name, dispatch, tiny_fused, model_ops):
         assert logits16.dtype == torch.bfloat16
         diff = (logits16.float().cpu()[valid] - want).abs()
         assert diff.mean() <= 1e-2 * want.abs().max(), f"{name}/{dispatch} b{b} bf16"
+
+
+def test_layer_types_errors_name_the_key(tiny_fused, model_ops, tmp_path):
+    import json as _json
+    for name, bad in (("gpt_oss", "chunked_attention"), ("llama4", "sliding_attention")):
+        src = os.path.join(tiny_fused, name)
+        d = tmp_path / name
+        d.mkdir()
+        shutil.copy(os.path.join(src, "model.safetensors"), d / "model.safetensors")
+        config = _json.load(open(os.path.join(src, "config.json")))
+        config["layer_types"] = [bad] * config["num_hidden_layers"]
+        _json.dump(config, open(d / "config.json", "w"))
+        with pytest.raises(RuntimeError, match=f"layer_types\\[0\\] is '{bad}'"):
+            model_ops.run_model(str(d), torch.ones(1, 4, dtype=torch.long), None, None,
+                                torch.float32, None, False, "")
