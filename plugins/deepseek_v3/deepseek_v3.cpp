@@ -50,10 +50,11 @@ class DeepseekV3TopkRouter final : public Router {
         options_(o),
         weight_(&add_parameter("weight", {o.num_experts, o.hidden_size})),
         bias_(&add_parameter("e_score_correction_bias", {o.num_experts})) {
-    MOEQ_CHECK(o.n_group > 0 && o.num_experts % o.n_group == 0 && o.topk_group > 0 &&
-                   o.topk_group <= o.n_group,
-               "{}: n_group {} must divide n_routed_experts {} and topk_group {} be in [1, n_group]",
-               this->name(), o.n_group, o.num_experts, o.topk_group);
+    MOEQ_CHECK(
+        o.n_group > 0 && o.num_experts % o.n_group == 0 && o.topk_group > 0 &&
+            o.topk_group <= o.n_group,
+        "{}: n_group {} must divide n_routed_experts {} and topk_group {} be in [1, n_group]",
+        this->name(), o.n_group, o.num_experts, o.topk_group);
     bias_->dtype = at::kFloat;  // transformers keeps it fp32 (_keep_in_fp32_modules_strict)
     ref_.name = weight_->name;
     ref_.role = "router";
@@ -63,13 +64,12 @@ class DeepseekV3TopkRouter final : public Router {
   RouterOutput route(const at::Tensor& hidden) override {
     const auto& o = options_;
     RouterOutput out;
-    out.logits = moeq::fn::linear(hidden.to(at::kFloat), weight_->value.to(at::kFloat),
-                                  std::nullopt, ref_);
+    out.logits =
+        moeq::fn::linear(hidden.to(at::kFloat), weight_->value.to(at::kFloat), std::nullopt, ref_);
     auto scores = out.logits.sigmoid();
     auto choice = scores + bias_->value;
     const auto t = choice.size(0);
-    auto group_scores =
-        std::get<0>(choice.view({t, o.n_group, -1}).topk(2, -1)).sum(-1);  // [T, G]
+    auto group_scores = std::get<0>(choice.view({t, o.n_group, -1}).topk(2, -1)).sum(-1);  // [T, G]
     auto group_idx = std::get<1>(at::topk(group_scores, o.topk_group, -1, true, false));
     auto group_mask = at::zeros_like(group_scores).scatter_(1, group_idx, 1);
     auto score_mask = group_mask.unsqueeze(-1)
@@ -121,9 +121,8 @@ class DeepseekV3Attention final : public SelfAttention {
     if (o.q_lora_rank > 0) {
       q_a_ = add_child(std::make_unique<Linear>(child_name("q_a_proj"), o.hidden_size,
                                                 o.q_lora_rank, o.bias, ProjKind::kQ));
-      q_a_norm_ = add_child(std::make_unique<RMSNorm>("DeepseekV3RMSNorm",
-                                                      child_name("q_a_layernorm"), o.q_lora_rank,
-                                                      1e-6));
+      q_a_norm_ = add_child(std::make_unique<RMSNorm>(
+          "DeepseekV3RMSNorm", child_name("q_a_layernorm"), o.q_lora_rank, 1e-6));
       q_b_ = add_child(std::make_unique<Linear>(child_name("q_b_proj"), o.q_lora_rank,
                                                 o.num_heads * qk_head, false, ProjKind::kQ));
     } else {
@@ -153,8 +152,8 @@ class DeepseekV3Attention final : public SelfAttention {
     auto q_rot = q.narrow(-1, o.qk_nope_head_dim, o.qk_rope_head_dim);
     auto compressed = kv_a_->forward(hidden);
     auto kv_nope = kv_a_norm_->forward(compressed.narrow(-1, 0, o.kv_lora_rank));
-    auto k_rot =
-        compressed.narrow(-1, o.kv_lora_rank, o.qk_rope_head_dim).view({b, 1, s, o.qk_rope_head_dim});
+    auto k_rot = compressed.narrow(-1, o.kv_lora_rank, o.qk_rope_head_dim)
+                     .view({b, 1, s, o.qk_rope_head_dim});
     const auto& [cos, sin] = ctx.rope(*rotary_);
     if (o.rope_interleave) {
       q_rot = rotate_interleaved(q_rot, cos, sin);
@@ -209,8 +208,10 @@ std::shared_ptr<WeightSource> dequantize_fp8_blocks(std::shared_ptr<WeightSource
   int64_t block_rows = 128;
   int64_t block_cols = 128;
   if (auto block = config.find<std::vector<int64_t>>("quantization_config.weight_block_size")) {
-    MOEQ_CHECK(block->size() == 2, "config '{}': weight_block_size must be [rows, cols], got {} "
-               "values", config.source(), block->size());
+    MOEQ_CHECK(block->size() == 2,
+               "config '{}': weight_block_size must be [rows, cols], got {} "
+               "values",
+               config.source(), block->size());
     block_rows = (*block)[0];
     block_cols = (*block)[1];
   }
@@ -223,10 +224,11 @@ std::shared_ptr<WeightSource> dequantize_fp8_blocks(std::shared_ptr<WeightSource
     const auto weight = name.substr(0, name.size() - kScale.size());
     MOEQ_CHECK(source->has(weight), "{}: '{}' has no weight '{}' beside it", source->describe(),
                name, weight);
-    rules.push_back({weight, {weight, name}, [block_rows, block_cols](const std::vector<at::Tensor>& in) {
-                       return moeq::kernels::dequantize_fp8_block_source(
-                           in[0], in[1], at::kBFloat16, block_rows, block_cols);
-                     }});
+    rules.push_back(
+        {weight, {weight, name}, [block_rows, block_cols](const std::vector<at::Tensor>& in) {
+           return moeq::kernels::dequantize_fp8_block_source(in[0], in[1], at::kBFloat16,
+                                                             block_rows, block_cols);
+         }});
   }
   if (rules.empty()) {
     return source;
@@ -253,9 +255,8 @@ std::unique_ptr<CausalLM> build_deepseek_v3(const moeq::io::HfConfig& config,
   lm.rms_norm_eps = eps;
   lm.tie_word_embeddings = config.get_or("tie_word_embeddings", false);
   lm.norm_type = "DeepseekV3RMSNorm";
-  auto model = std::make_unique<CausalLM>("DeepseekV3ForCausalLM", lm,
-                                          dequantize_fp8_blocks(std::move(weights), config),
-                                          options);
+  auto model = std::make_unique<CausalLM>(
+      "DeepseekV3ForCausalLM", lm, dequantize_fp8_blocks(std::move(weights), config), options);
   // The MTP layer(s) after the last decoder layer are not run: excluded, copied through.
   const auto mtp = config.get_or<int64_t>("num_nextn_predict_layers", 0);
   for (int64_t i = 0; i < mtp; ++i) {
@@ -315,19 +316,17 @@ std::unique_ptr<CausalLM> build_deepseek_v3(const moeq::io::HfConfig& config,
   for (int64_t i = 0; i < num_layers; ++i) {
     const auto prefix = fmt::format("model.layers.{}", i);
     auto layer = std::make_unique<DecoderLayer>("DeepseekV3DecoderLayer", prefix, i);
-    layer->set_input_layernorm(std::make_unique<RMSNorm>(
-        "DeepseekV3RMSNorm", prefix + ".input_layernorm", hidden, eps));
-    layer->set_attention(
-        std::make_unique<DeepseekV3Attention>(prefix + ".self_attn", mla, rotary));
+    layer->set_input_layernorm(
+        std::make_unique<RMSNorm>("DeepseekV3RMSNorm", prefix + ".input_layernorm", hidden, eps));
+    layer->set_attention(std::make_unique<DeepseekV3Attention>(prefix + ".self_attn", mla, rotary));
     layer->set_post_attention_layernorm(std::make_unique<RMSNorm>(
         "DeepseekV3RMSNorm", prefix + ".post_attention_layernorm", hidden, eps));
     const auto mlp = prefix + ".mlp";
     if (i >= first_dense) {
       auto moe = std::make_unique<SparseMoeBlock>("DeepseekV3MoE", mlp, block);
       moe->set_router(std::make_unique<DeepseekV3TopkRouter>(mlp + ".gate", router));
-      moe->set_experts(std::make_unique<PerExpertMlps>("DeepseekV3Experts", mlp + ".experts",
-                                                       router.num_experts, "DeepseekV3MLP",
-                                                       expert));
+      moe->set_experts(std::make_unique<PerExpertMlps>(
+          "DeepseekV3Experts", mlp + ".experts", router.num_experts, "DeepseekV3MLP", expert));
       layer->set_mlp(std::move(moe));
     } else {
       layer->set_mlp(std::make_unique<GatedMlp>("DeepseekV3MLP", mlp, dense));

@@ -65,11 +65,9 @@ std::shared_ptr<WeightSource> dequantize_mxfp4_experts(std::shared_ptr<WeightSou
     }
     const auto stack = name.substr(0, name.size() - kBlocks.size());
     MOEQ_CHECK(source->has(stack + "_scales"),
-               "{}: '{}' has no '{}_scales' beside it (MXFP4 needs both)", source->describe(),
-               name, stack);
-    rules.push_back({stack,
-                     {name, stack + "_scales"},
-                     [](const std::vector<at::Tensor>& in) {
+               "{}: '{}' has no '{}_scales' beside it (MXFP4 needs both)", source->describe(), name,
+               stack);
+    rules.push_back({stack, {name, stack + "_scales"}, [](const std::vector<at::Tensor>& in) {
                        return moeq::kernels::dequantize_mxfp4_source(in[0], in[1], at::kBFloat16)
                            .transpose(1, 2)
                            .contiguous();
@@ -188,7 +186,8 @@ void register_gpt_oss(moeq::PluginRegistrar& registrar) {
           "GptOssForCausalLM", &build_gpt_oss,
           "GPT-OSS: attention sinks, alternating sliding window, YaRN; fused interleaved "
           "gate/up experts with biases (bf16 or MXFP4 source)"));
-  registrar.add_module_adapter("GptOssMLP", moeq::adapters::sparse_moe_adapter_factory("GptOssMLP"));
+  registrar.add_module_adapter("GptOssMLP",
+                               moeq::adapters::sparse_moe_adapter_factory("GptOssMLP"));
   registrar.add_module_adapter("GptOssExperts",
                                moeq::adapters::fused_experts_adapter_factory("GptOssExperts"));
 }

@@ -129,7 +129,9 @@ class Llama4TextAttention final : public SelfAttention {
 
  private:
   // x [B, S, heads, d] with channel pairs (2i, 2i+1) as complex numbers, times cos + i sin.
-  static at::Tensor rotate_pairs(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  static at::Tensor rotate_pairs(const at::Tensor& x,
+                                 const at::Tensor& cos,
+                                 const at::Tensor& sin) {
     auto xf = x.to(at::kFloat).unflatten(-1, {-1, 2});
     auto re = xf.select(-1, 0);
     auto im = xf.select(-1, 1);
@@ -166,8 +168,7 @@ std::unique_ptr<CausalLM> build_llama4(const moeq::io::HfConfig& config,
   lm.rms_norm_eps = eps;
   lm.tie_word_embeddings = config.get_or("tie_word_embeddings", false);
   lm.norm_type = "Llama4TextRMSNorm";
-  auto model =
-      std::make_unique<CausalLM>("Llama4ForCausalLM", lm, std::move(weights), options);
+  auto model = std::make_unique<CausalLM>("Llama4ForCausalLM", lm, std::move(weights), options);
   auto rotary = std::make_shared<const RotaryEmbedding>(
       moeq::runtime::detail::rope_options(config, head_dim, /*default_theta=*/500000.0));
   model->set_rotary(rotary);
@@ -254,8 +255,8 @@ std::unique_ptr<CausalLM> build_llama4(const moeq::io::HfConfig& config,
     auto layer = std::make_unique<DecoderLayer>("Llama4TextDecoderLayer", prefix, i);
     layer->set_input_layernorm(
         std::make_unique<RMSNorm>("Llama4TextRMSNorm", prefix + ".input_layernorm", hidden, eps));
-    layer->set_attention(std::make_unique<Llama4TextAttention>(prefix + ".self_attn",
-                                                               layer_attention, rotary));
+    layer->set_attention(
+        std::make_unique<Llama4TextAttention>(prefix + ".self_attn", layer_attention, rotary));
     layer->set_post_attention_layernorm(std::make_unique<RMSNorm>(
         "Llama4TextRMSNorm", prefix + ".post_attention_layernorm", hidden, eps));
     const auto ff = prefix + ".feed_forward";
@@ -282,8 +283,8 @@ void register_llama4(moeq::PluginRegistrar& registrar) {
           "input, shared expert, chunked attention, NoPE layers"));
   registrar.add_module_adapter("Llama4TextMoe",
                                moeq::adapters::sparse_moe_adapter_factory("Llama4TextMoe"));
-  registrar.add_module_adapter(
-      "Llama4TextExperts", moeq::adapters::fused_experts_adapter_factory("Llama4TextExperts"));
+  registrar.add_module_adapter("Llama4TextExperts",
+                               moeq::adapters::fused_experts_adapter_factory("Llama4TextExperts"));
 }
 
 }  // namespace

@@ -6,8 +6,8 @@
 #include <moeq/core/error.h>
 #include <moeq/registry/plugin_manager.h>
 #include <moeq/runtime/causal_lm.h>
-#include <moeq/runtime/weight_source.h>
 #include <moeq/runtime/fused_experts.h>
+#include <moeq/runtime/weight_source.h>
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -43,8 +43,8 @@ runtime::FusedDispatch parse_dispatch(const std::string& text) {
   if (text == "batched") {
     return runtime::FusedDispatch::kBatched;
   }
-  MOEQ_CHECK(text == "grouped",
-             "experts_dispatch must be per_expert, batched or grouped, got '{}'", text);
+  MOEQ_CHECK(text == "grouped", "experts_dispatch must be per_expert, batched or grouped, got '{}'",
+             text);
   return runtime::FusedDispatch::kGrouped;
 }
 
@@ -58,9 +58,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> run_mod
     bool keep_resident,
     const std::string& experts_dispatch) {
   // Checked before the model is built, whether or not it has fused experts.
-  const auto dispatch = experts_dispatch.empty()
-                            ? std::optional<runtime::FusedDispatch>()
-                            : std::optional<runtime::FusedDispatch>(parse_dispatch(experts_dispatch));
+  const auto dispatch =
+      experts_dispatch.empty()
+          ? std::optional<runtime::FusedDispatch>()
+          : std::optional<runtime::FusedDispatch>(parse_dispatch(experts_dispatch));
   runtime::RuntimeOptions options;
   options.placement.dtype = dtype.value_or(at::kFloat);
   options.placement.device = device.value_or(at::kCPU);
@@ -72,8 +73,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> run_mod
              "{}: architecture '{}' is not registered by any in-tree plugin", model_dir,
              architecture);
   auto builder = registries.architectures.create(architecture);
-  auto model = builder->build(config, std::make_shared<runtime::CheckpointSource>(model_dir),
-                              options);
+  auto model =
+      builder->build(config, std::make_shared<runtime::CheckpointSource>(model_dir), options);
   auto recorder = std::make_shared<RoutingRecorder>();
   model->for_each_module([&](runtime::Module& m) {
     if (auto* moe = dynamic_cast<runtime::SparseMoeBlock*>(&m)) {

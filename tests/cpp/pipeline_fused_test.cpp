@@ -11,8 +11,8 @@
 #include <moeq/pipeline/layer_session.h>
 #include <moeq/quant/scheme.h>
 #include <moeq/quant/tensor_quantizer.h>
-#include <moeq/runtime/fused_experts.h>
 #include <moeq/runtime/functional.h>
+#include <moeq/runtime/fused_experts.h>
 
 #include <ATen/ATen.h>
 
@@ -108,8 +108,8 @@ struct FusedLayer {
       moe->set_experts(std::make_unique<ReorderedExperts>(
           kPrefix + ".experts", fused_options(dispatch), at::randn({kHidden, kHidden}, gen) * 0.2));
     } else {
-      moe->set_experts(
-          std::make_unique<FusedExperts>("TestExperts", kPrefix + ".experts", fused_options(dispatch)));
+      moe->set_experts(std::make_unique<FusedExperts>("TestExperts", kPrefix + ".experts",
+                                                      fused_options(dispatch)));
     }
     layer->set_mlp(std::move(moe));
     block = layer->moe();
@@ -150,7 +150,10 @@ std::unique_ptr<LayerSession> calibrated(FusedLayer& f, const TargetRules& rules
 
 // What the experts should compute, with the quantizers applied by hand: each expert's [out, in]
 // slice fake-quantized on its own (fp8 per channel), inputs fake-quantized per token.
-at::Tensor reference_expert(FusedLayer& f, const TargetRules& rules, int64_t e, const at::Tensor& x,
+at::Tensor reference_expert(FusedLayer& f,
+                            const TargetRules& rules,
+                            int64_t e,
+                            const at::Tensor& x,
                             const at::Tensor& scratch) {
   auto fq_weight = [&](const at::Tensor& w_out_in) {
     quant::TensorQuantizer q(*rules.scheme.weights, quant::TensorRole::kWeight, "reference");
@@ -161,11 +164,11 @@ at::Tensor reference_expert(FusedLayer& f, const TargetRules& rules, int64_t e, 
     quant::TensorQuantizer q(*rules.scheme.input_activations, quant::TensorRole::kInput, "in");
     return q.fake_quantize(a);
   };
-  const auto gu = f.source->get(kPrefix + ".experts.gate_up_proj")[e];  // [H, 2I]
-  const auto d = f.source->get(kPrefix + ".experts.down_proj")[e];      // [I, H]
-  const auto gate_w = fq_weight(gu.narrow(1, 0, kInter).t().contiguous());   // [I, H]
+  const auto gu = f.source->get(kPrefix + ".experts.gate_up_proj")[e];      // [H, 2I]
+  const auto d = f.source->get(kPrefix + ".experts.down_proj")[e];          // [I, H]
+  const auto gate_w = fq_weight(gu.narrow(1, 0, kInter).t().contiguous());  // [I, H]
   const auto up_w = fq_weight(gu.narrow(1, kInter, kInter).t().contiguous());
-  const auto down_w = fq_weight(d.t().contiguous());                          // [H, I]
+  const auto down_w = fq_weight(d.t().contiguous());  // [H, I]
   const auto xq = fq_input(x);
   auto h = at::silu(at::matmul(xq, gate_w.t())) * at::matmul(xq, up_w.t());
   auto out = at::matmul(fq_input(h), down_w.t());
@@ -226,7 +229,7 @@ TEST(FusedExpertsTest, SliceWeightsEqualEachExpertQuantizedAlone) {
     q.observe(w);
     EXPECT_TRUE(at::equal(t.fake_weight, q.fake_quantize(w))) << t.module;
     EXPECT_EQ(t.module, kPrefix + ".experts." + std::to_string(t.expert) + "." +
-                            std::string(t.kind == fn::ProjKind::kGate  ? "gate_proj"
+                            std::string(t.kind == fn::ProjKind::kGate ? "gate_proj"
                                         : t.kind == fn::ProjKind::kUp ? "up_proj"
                                                                       : "down_proj"));
   }
@@ -238,7 +241,8 @@ TEST(FusedExpertsTest, EveryDispatchRunsTheSameQuantizedExperts) {
   const auto rules = fp8_dynamic();
   const auto x = rows(24, 9);
   at::Tensor reference;
-  for (auto dispatch : {FusedDispatch::kPerExpert, FusedDispatch::kBatched, FusedDispatch::kGrouped}) {
+  for (auto dispatch :
+       {FusedDispatch::kPerExpert, FusedDispatch::kBatched, FusedDispatch::kGrouped}) {
     FusedLayer f(/*reordered=*/false, dispatch);
     auto session = calibrated(f, rules);
     fn::FunctionalOverride quantized(session->quantized_handlers());
@@ -328,30 +332,32 @@ TEST(FusedExpertsTest, ConstructionErrorsNameTheModule) {
             std::string::npos);
   o = fused_options(FusedDispatch::kBatched);
   o.transposed = false;
-  EXPECT_NE(error_of([&] { FusedExperts("T", "m.experts", o); })
-                .find("m.experts: batched and grouped dispatch need stacks stored [E, in, out]"),
+  EXPECT_NE(error_of([&] {
+              FusedExperts("T", "m.experts", o);
+            }).find("m.experts: batched and grouped dispatch need stacks stored [E, in, out]"),
             std::string::npos);
 }
 
 TEST(DerivedSourceTest, ErrorsNameTheTensors) {
   auto base = std::make_shared<TensorMapSource>();
   base->set("a.w_blocks", at::zeros({2}));
-  DerivedSource::Rule missing{"a.w", {"a.w_blocks", "a.w_scales"}, [](const auto& in) {
-                                return in[0];
-                              }};
-  EXPECT_NE(error_of([&] { DerivedSource(base, {missing}, "test"); })
-                .find("tensor map: 'a.w' needs 'a.w_scales', which is missing"),
+  DerivedSource::Rule missing{
+      "a.w", {"a.w_blocks", "a.w_scales"}, [](const auto& in) { return in[0]; }};
+  EXPECT_NE(error_of([&] {
+              DerivedSource(base, {missing}, "test");
+            }).find("tensor map: 'a.w' needs 'a.w_scales', which is missing"),
             std::string::npos);
   DerivedSource::Rule one{"a.w", {"a.w_blocks"}, [](const auto& in) { return in[0]; }};
-  EXPECT_NE(error_of([&] { DerivedSource(base, {one, one}, "test"); })
-                .find("DerivedSource: 'a.w' derived twice"),
+  EXPECT_NE(error_of([&] {
+              DerivedSource(base, {one, one}, "test");
+            }).find("DerivedSource: 'a.w' derived twice"),
             std::string::npos);
-  DerivedSource::Rule failing{"a.w", {"a.w_blocks"}, [](const auto&) -> at::Tensor {
-                                MOEQ_FAIL("bad block");
-                              }};
+  DerivedSource::Rule failing{
+      "a.w", {"a.w_blocks"}, [](const auto&) -> at::Tensor { MOEQ_FAIL("bad block"); }};
   DerivedSource source(base, {failing}, "decoded");
-  EXPECT_NE(error_of([&] { source.get("a.w"); })
-                .find("tensor map: computing 'a.w' (decoded) failed: bad block"),
+  EXPECT_NE(error_of([&] {
+              source.get("a.w");
+            }).find("tensor map: computing 'a.w' (decoded) failed: bad block"),
             std::string::npos);
   // The derived name replaces its inputs.
   EXPECT_EQ(source.names(), std::vector<std::string>{"a.w"});
@@ -361,9 +367,9 @@ TEST(DerivedSourceTest, ErrorsNameTheTensors) {
 
 TEST(ForwardContextTest, ChunkedMaskNeedsAPositiveChunk) {
   ForwardContext ctx(1, 4, {}, {}, Placement{});
-  EXPECT_NE(error_of([&] { ctx.chunked_mask(0); })
-                .find("attention chunk size must be positive, got 0"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { ctx.chunked_mask(0); }).find("attention chunk size must be positive, got 0"),
+      std::string::npos);
   // Chunks of 2: query 3 sees keys 2 and 3 only.
   const auto mask = ctx.chunked_mask(2)[0][0][3];
   EXPECT_EQ(mask[2].item<float>(), 0.0f);

@@ -121,8 +121,9 @@ quant::TensorQuantizer* LayerSession::input_quantizer(const std::string& group) 
   }
   auto& input = inputs_[group];
   if (!input) {
-    input = std::make_unique<quant::TensorQuantizer>(
-        *rules_.scheme.input_activations, quant::TensorRole::kInput, fmt::format("{} input", group));
+    input = std::make_unique<quant::TensorQuantizer>(*rules_.scheme.input_activations,
+                                                     quant::TensorRole::kInput,
+                                                     fmt::format("{} input", group));
   }
   return input.get();
 }

@@ -303,10 +303,11 @@ const at::Tensor& ForwardContext::chunked_mask(int64_t chunk_size) {
       token_mask_.to(at::kLong).cumsum(-1).eq(0).sum(-1).view({-1, 1, 1, 1});  // [B, 1, 1, 1]
   auto q = at::arange(seq_len_, options).view({1, 1, -1, 1});
   auto k = at::arange(seq_len_, options).view({1, 1, 1, -1});
-  auto same_chunk = (k - left_padding).div(chunk_size, "floor").eq(
-      (q - left_padding).div(chunk_size, "floor"));
-  auto allowed = k.le(q).logical_and(same_chunk).logical_and(
-      token_mask_.unsqueeze(1).unsqueeze(1));  // [B, 1, S, S]
+  auto same_chunk =
+      (k - left_padding).div(chunk_size, "floor").eq((q - left_padding).div(chunk_size, "floor"));
+  auto allowed = k.le(q)
+                     .logical_and(same_chunk)
+                     .logical_and(token_mask_.unsqueeze(1).unsqueeze(1));  // [B, 1, S, S]
   const auto mask_options = at::TensorOptions(placement_.device).dtype(placement_.dtype);
   auto mask = at::where(allowed, at::zeros({}, mask_options),
                         at::full({}, lowest_value(placement_.dtype), mask_options));
@@ -448,8 +449,7 @@ RotaryEmbedding::RotaryEmbedding(const RopeOptions& options) : options_(options)
       const auto pos_freqs = at::pow(options.theta, exponent);
       const auto extrapolation = at::reciprocal(pos_freqs);
       const auto interpolation = at::reciprocal(pos_freqs * factor);
-      const auto ramp =
-          ((at::arange(rotary_dim_ / 2, f32) - low) / (high - low)).clamp(0.0, 1.0);
+      const auto ramp = ((at::arange(rotary_dim_ / 2, f32) - low) / (high - low)).clamp(0.0, 1.0);
       const auto extrapolation_factor = at::rsub(ramp, 1.0);
       inv_freq = interpolation * at::rsub(extrapolation_factor, 1.0) +
                  extrapolation * extrapolation_factor;
@@ -565,8 +565,8 @@ at::Tensor Attention::forward(const at::Tensor& hidden, ForwardContext& ctx) {
   at::Tensor probs;
   if (sinks_ != nullptr) {
     // GPT-OSS: the sink logit joins the row, the max is subtracted, softmax in the scores' dtype.
-    auto sinks = resident(*sinks_).to(scores.scalar_type()).view({1, -1, 1, 1}).expand(
-        {b, -1, s, 1});
+    auto sinks =
+        resident(*sinks_).to(scores.scalar_type()).view({1, -1, 1, 1}).expand({b, -1, s, 1});
     auto combined = at::cat({scores, sinks}, -1);
     combined = combined - std::get<0>(combined.max(-1, /*keepdim=*/true));
     probs = at::softmax(combined, -1, combined.scalar_type())

@@ -32,8 +32,8 @@ FusedExperts::FusedExperts(std::string type, std::string name, const FusedExpert
   const auto e = o.num_experts, h = o.hidden_size, i = o.intermediate_size;
   gate_up_ = &add_parameter(o.gate_up_name, o.transposed ? std::vector<int64_t>{e, h, 2 * i}
                                                          : std::vector<int64_t>{e, 2 * i, h});
-  down_ = &add_parameter(o.down_name, o.transposed ? std::vector<int64_t>{e, i, h}
-                                                   : std::vector<int64_t>{e, h, i});
+  down_ = &add_parameter(
+      o.down_name, o.transposed ? std::vector<int64_t>{e, i, h} : std::vector<int64_t>{e, h, i});
   if (o.bias) {
     gate_up_bias_ = &add_parameter(o.gate_up_name + "_bias", {e, 2 * i});
     down_bias_ = &add_parameter(o.down_name + "_bias", {e, h});

@@ -40,7 +40,7 @@ struct TargetRules {
 
 // One quantized projection: a Linear, or one expert's slice of a fused stack.
 struct QuantTarget {
-  std::string module;  // "model.layers.0.block_sparse_moe.experts.3.w1"
+  std::string module;                 // "model.layers.0.block_sparse_moe.experts.3.w1"
   runtime::Linear* linear = nullptr;  // nullptr for a stack's slice
   // The checkpoint tensor the weight is read from: the Linear's weight or the 3-D stack.
   std::string weight_name;
@@ -142,8 +142,8 @@ class LayerSession {
   std::map<std::string, std::unique_ptr<quant::TensorQuantizer>> inputs_;  // by input group
   std::vector<ExpertCoverage> coverage_;
   std::vector<std::function<void()>> undo_;
-  std::map<std::string, Stack, std::less<>> stacks_;       // by stack parameter name
-  std::set<std::string, std::less<>> layer_parameters_;    // every parameter name of the layer
+  std::map<std::string, Stack, std::less<>> stacks_;     // by stack parameter name
+  std::set<std::string, std::less<>> layer_parameters_;  // every parameter name of the layer
   std::set<std::string> unrecognized_;
 };
 

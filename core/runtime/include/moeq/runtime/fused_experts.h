@@ -30,7 +30,8 @@ enum class GateUpLayout {
 
 enum class FusedActivation {
   kSilu,           // silu(gate) * up
-  kClampedSwiglu,  // GPT-OSS: (clamp(up, ±limit) + 1) * g * sigmoid(alpha * g), g = min(gate, limit)
+  kClampedSwiglu,  // GPT-OSS: (clamp(up, ±limit) + 1) * g * sigmoid(alpha * g), g = min(gate,
+                   // limit)
 };
 
 // How the routed forward runs the experts.
