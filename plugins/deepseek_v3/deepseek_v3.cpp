@@ -14,7 +14,6 @@
 // routing is the easy tier's adapter under a hard-tier registration.
 #include <moeq/adapters/sparse_moe.h>
 #include <moeq/core/error.h>
-#include <moeq/kernels/source_dequant.h>
 #include <moeq/registry/causal_lm_architecture.h>
 #include <moeq/registry/plugin_abi.h>
 #include <moeq/registry/plugin_registrar.h>
@@ -25,74 +24,13 @@
 
 #include <cmath>
 
+#include "../common/sigmoid_routing.h"
+
 namespace {
 
 using namespace moeq::runtime;  // NOLINT(google-build-using-namespace)
 using moeq::fn::ProjKind;
 namespace model_config = moeq::runtime::detail;
-
-struct GroupedRouterOptions {
-  int64_t hidden_size = 0;
-  int64_t num_experts = 0;
-  int64_t top_k = 0;
-  int64_t n_group = 1;
-  int64_t topk_group = 1;
-  bool norm_topk_prob = true;
-  double routed_scaling_factor = 1.0;
-};
-
-// transformers' DeepseekV3TopkRouter: logits in fp32; top-k over experts of the top groups
-// ranked by sigmoid + correction bias; weights are the plain sigmoid scores.
-class DeepseekV3TopkRouter final : public Router {
- public:
-  DeepseekV3TopkRouter(std::string name, const GroupedRouterOptions& o)
-      : Router("DeepseekV3TopkRouter", std::move(name), o.num_experts, o.top_k),
-        options_(o),
-        weight_(&add_parameter("weight", {o.num_experts, o.hidden_size})),
-        bias_(&add_parameter("e_score_correction_bias", {o.num_experts})) {
-    MOEQ_CHECK(
-        o.n_group > 0 && o.num_experts % o.n_group == 0 && o.topk_group > 0 &&
-            o.topk_group <= o.n_group,
-        "{}: n_group {} must divide n_routed_experts {} and topk_group {} be in [1, n_group]",
-        this->name(), o.n_group, o.num_experts, o.topk_group);
-    bias_->dtype = at::kFloat;  // transformers keeps it fp32 (_keep_in_fp32_modules_strict)
-    ref_.name = weight_->name;
-    ref_.role = "router";
-    ref_.kind = ProjKind::kRouter;
-  }
-
-  RouterOutput route(const at::Tensor& hidden) override {
-    const auto& o = options_;
-    RouterOutput out;
-    out.logits =
-        moeq::fn::linear(hidden.to(at::kFloat), weight_->value.to(at::kFloat), std::nullopt, ref_);
-    auto scores = out.logits.sigmoid();
-    auto choice = scores + bias_->value;
-    const auto t = choice.size(0);
-    auto group_scores = std::get<0>(choice.view({t, o.n_group, -1}).topk(2, -1)).sum(-1);  // [T, G]
-    auto group_idx = std::get<1>(at::topk(group_scores, o.topk_group, -1, true, false));
-    auto group_mask = at::zeros_like(group_scores).scatter_(1, group_idx, 1);
-    auto score_mask = group_mask.unsqueeze(-1)
-                          .expand({t, o.n_group, o.num_experts / o.n_group})
-                          .reshape({t, o.num_experts});
-    choice = choice.masked_fill(score_mask.logical_not(), -std::numeric_limits<float>::infinity());
-    auto ids = std::get<1>(at::topk(choice, o.top_k, -1, true, false));
-    auto weights = scores.gather(1, ids);
-    if (o.norm_topk_prob) {
-      weights = weights / (weights.sum(-1, true) + 1e-20);
-    }
-    out.topk_ids = ids;
-    out.topk_weights = weights * o.routed_scaling_factor;
-    out.probs = scores;
-    return out;
-  }
-
- private:
-  GroupedRouterOptions options_;
-  Parameter* weight_;
-  Parameter* bias_;
-  moeq::fn::WeightRef ref_;
-};
 
 struct MlaOptions {
   int64_t hidden_size = 0;
@@ -201,42 +139,6 @@ class DeepseekV3Attention final : public SelfAttention {
   Linear* o_ = nullptr;
 };
 
-// FP8 projections (`<m>.weight` E4M3 + `<m>.weight_scale_inv` fp32 per 128x128 block) become
-// bf16 weights, as transformers' FP8 dequantization computes them.
-std::shared_ptr<WeightSource> dequantize_fp8_blocks(std::shared_ptr<WeightSource> source,
-                                                    const moeq::io::HfConfig& config) {
-  int64_t block_rows = 128;
-  int64_t block_cols = 128;
-  if (auto block = config.find<std::vector<int64_t>>("quantization_config.weight_block_size")) {
-    MOEQ_CHECK(block->size() == 2,
-               "config '{}': weight_block_size must be [rows, cols], got {} "
-               "values",
-               config.source(), block->size());
-    block_rows = (*block)[0];
-    block_cols = (*block)[1];
-  }
-  std::vector<DerivedSource::Rule> rules;
-  constexpr std::string_view kScale = "_scale_inv";
-  for (const auto& name : source->names()) {
-    if (!name.ends_with(kScale)) {
-      continue;
-    }
-    const auto weight = name.substr(0, name.size() - kScale.size());
-    MOEQ_CHECK(source->has(weight), "{}: '{}' has no weight '{}' beside it", source->describe(),
-               name, weight);
-    rules.push_back(
-        {weight, {weight, name}, [block_rows, block_cols](const std::vector<at::Tensor>& in) {
-           return moeq::kernels::dequantize_fp8_block_source(in[0], in[1], at::kBFloat16,
-                                                             block_rows, block_cols);
-         }});
-  }
-  if (rules.empty()) {
-    return source;
-  }
-  return std::make_shared<DerivedSource>(std::move(source), std::move(rules),
-                                         "FP8 block weights dequantized to bf16");
-}
-
 double yarn_mscale(double scale, double mscale) {
   return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
 }
@@ -256,7 +158,8 @@ std::unique_ptr<CausalLM> build_deepseek_v3(const moeq::io::HfConfig& config,
   lm.tie_word_embeddings = config.get_or("tie_word_embeddings", false);
   lm.norm_type = "DeepseekV3RMSNorm";
   auto model = std::make_unique<CausalLM>(
-      "DeepseekV3ForCausalLM", lm, dequantize_fp8_blocks(std::move(weights), config), options);
+      "DeepseekV3ForCausalLM", lm, moeq_plugins::dequantize_fp8_blocks(std::move(weights), config),
+      options);
   // The MTP layer(s) after the last decoder layer are not run: excluded, copied through.
   const auto mtp = config.get_or<int64_t>("num_nextn_predict_layers", 0);
   for (int64_t i = 0; i < mtp; ++i) {
@@ -286,7 +189,7 @@ std::unique_ptr<CausalLM> build_deepseek_v3(const moeq::io::HfConfig& config,
   auto rotary = std::make_shared<const RotaryEmbedding>(rope);
   model->set_rotary(rotary);
 
-  GroupedRouterOptions router;
+  moeq_plugins::SigmoidTopKOptions router;  // transformers' DeepseekV3TopkRouter
   router.hidden_size = hidden;
   router.num_experts = config.get<int64_t>("n_routed_experts");
   router.top_k = config.get<int64_t>("num_experts_per_tok");
@@ -324,7 +227,8 @@ std::unique_ptr<CausalLM> build_deepseek_v3(const moeq::io::HfConfig& config,
     const auto mlp = prefix + ".mlp";
     if (i >= first_dense) {
       auto moe = std::make_unique<SparseMoeBlock>("DeepseekV3MoE", mlp, block);
-      moe->set_router(std::make_unique<DeepseekV3TopkRouter>(mlp + ".gate", router));
+      moe->set_router(std::make_unique<moeq_plugins::SigmoidTopKRouter>("DeepseekV3TopkRouter",
+                                                                        mlp + ".gate", router));
       moe->set_experts(std::make_unique<PerExpertMlps>(
           "DeepseekV3Experts", mlp + ".experts", router.num_experts, "DeepseekV3MLP", expert));
       layer->set_mlp(std::move(moe));
