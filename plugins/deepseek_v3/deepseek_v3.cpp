@@ -258,7 +258,32 @@ class DeepseekV3MoeAdapter final : public moeq::ModuleAdapter {
   moeq::adapters::SparseMoeAdapter routing_{"DeepseekV3MoE"};
 };
 
+// The pipeline stages DeepSeek-V3 takes over (moeq/pipeline/stages.h). Source loading is the
+// builder's (the FP8 dequantization must hold wherever the model runs, not only in the
+// pipeline) and the MTP layer is excluded by the model; the quantization stage keeps MLA's
+// kv_b_proj in high precision.
+class DeepseekV3Stages final : public moeq::pipeline::PipelineStages {
+ public:
+  std::string describe() const override {
+    return "DeepSeek-V3: MLA kv_b_proj kept in high precision";
+  }
+  bool quantize(const std::string& module,
+                moeq::fn::ProjKind /*kind*/,
+                int64_t /*expert*/,
+                std::string& reason) const override {
+    if (module.ends_with(".self_attn.kv_b_proj")) {
+      // vLLM and SGLang decompress kv_b_proj when they load it and absorb it into the query and
+      // output paths in high precision: quantizing it only adds error (ModelOpt leaves it off).
+      reason = "MLA's kv_b_proj is absorbed in high precision by the engines";
+      return false;
+    }
+    return true;
+  }
+};
+
 void register_deepseek_v3(moeq::PluginRegistrar& registrar) {
+  registrar.add_pipeline_stages("DeepseekV3ForCausalLM",
+                                [] { return std::make_unique<DeepseekV3Stages>(); });
   registrar.add_architecture(
       "DeepseekV3ForCausalLM",
       moeq::causal_lm_architecture(

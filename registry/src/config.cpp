@@ -115,6 +115,11 @@ std::shared_ptr<const Schema> export_schema() {
                      .default_value = false,
                      .doc = "replace an existing output directory (only once the new one is "
                             "complete)"},
+                    {.name = "journal",
+                     .type = FieldType::kBoolean,
+                     .default_value = true,
+                     .doc = "record each finished layer so that a killed run can continue "
+                            "(moeq quantize --resume)"},
                     {.name = "shard_size",
                      .type = FieldType::kByteSize,
                      .default_value = int64_t{5'000'000'000},
@@ -263,6 +268,7 @@ Recipe build_recipe(const ConfigNode& root, const fs::path& file, const fs::path
       config.report = resolve(base_dir, exporting.string("report"));
     }
     config.overwrite = exporting.boolean("overwrite");
+    config.journal = exporting.boolean("journal");
     recipe.export_config = config;
   }
   if (parsed.has("quantize")) {

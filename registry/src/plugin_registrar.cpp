@@ -62,4 +62,10 @@ void PluginRegistrar::add_source_format(std::string key,
   add(registries_.source_formats, std::move(key), std::move(factory), where);
 }
 
+void PluginRegistrar::add_pipeline_stages(std::string key,
+                                          PipelineStagesFactory factory,
+                                          SourceLocation where) {
+  add(registries_.pipeline_stages, std::move(key), std::move(factory), where);
+}
+
 }  // namespace moeq

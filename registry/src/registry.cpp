@@ -82,5 +82,6 @@ template class Registry<ModuleAdapterFactory>;
 template class Registry<ArchitectureBuilderFactory>;
 template class Registry<CheckpointMappingFactory>;
 template class Registry<SourceFormatFactory>;
+template class Registry<PipelineStagesFactory>;
 
 }  // namespace moeq

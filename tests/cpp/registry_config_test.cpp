@@ -162,8 +162,8 @@ TEST(RecipeConfigTest, UnknownKeys) {
             "dataset, format, min_tokens, mode, ratio, samples, seed, seq_len");
   EXPECT_EQ(
       recipe_error("export:\n  output: o\n  compression: zstd\n"),
-      "recipe.yaml:3:3: export.compression: unknown key; known keys: format, output, overwrite, "
-      "report, shard_size");
+      "recipe.yaml:3:3: export.compression: unknown key; known keys: format, journal, output, "
+      "overwrite, report, shard_size");
 }
 
 TEST(RecipeConfigTest, MissingRequiredFields) {

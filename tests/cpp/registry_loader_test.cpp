@@ -347,7 +347,8 @@ TEST_F(PluginLoaderTest, RecipePluginsLoadInOrderAndErrorsSayWhereTheyAreListed)
   } catch (const moeq::Error& e) {
     EXPECT_EQ(e.message(), "recipe.yaml:3:5: plugins[1]: plugin '" +
                                plugin_path("wrong_api_version") +
-                               "' has plugin API version 999, but this moeq supports version 1");
+                               "' has plugin API version 999, but this moeq supports version " +
+                               std::to_string(MOEQ_PLUGIN_API_VERSION));
   }
   EXPECT_EQ(manager.plugins().size(), 1U);
 }

@@ -100,9 +100,12 @@ def test_fp8_source_quantizes_like_its_dequantized_twin_and_mtp_is_excluded(tiny
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert not [k for k in a if k.endswith("_scale_inv")]
-    # Every routed expert and the MLA projections are quantized, per expert.
+    # Every routed expert and the MLA projections are quantized, per expert, except kv_b_proj:
+    # the plugin's quantization stage keeps it in high precision (the engines absorb it).
     assert a["model.layers.1.mlp.experts.5.up_proj.weight"].dtype == torch.float8_e4m3fn
-    assert a["model.layers.2.self_attn.kv_b_proj.weight"].dtype == torch.float8_e4m3fn
+    assert a["model.layers.2.self_attn.q_b_proj.weight"].dtype == torch.float8_e4m3fn
+    assert a["model.layers.2.self_attn.kv_a_proj_with_mqa.weight"].dtype == torch.float8_e4m3fn
+    assert a["model.layers.2.self_attn.kv_b_proj.weight"].dtype == torch.bfloat16
     # The MTP layer (model.layers.3) is copied through unquantized (dequantized from FP8) and
     # excluded in the config; the router and its correction bias stay as they were.
     assert a["model.layers.3.eh_proj.weight"].dtype == torch.bfloat16
@@ -110,6 +113,7 @@ def test_fp8_source_quantizes_like_its_dequantized_twin_and_mtp_is_excluded(tiny
     assert qc["quant_method"] == "compressed-tensors"
     assert "model.layers.3.eh_proj" in qc["ignore"]
     assert "model.layers.1.mlp.gate" in qc["ignore"]
+    assert "model.layers.2.self_attn.kv_b_proj" in qc["ignore"]
     assert a["model.layers.1.mlp.gate.e_score_correction_bias"].dtype == torch.float32
 
 
@@ -134,6 +138,7 @@ def test_inspect_shows_the_hard_tier(tiny_deepseek):
     assert {(c["type"], c["tier"], c["experts"]) for c in out["claimed"]} == {
         ("DeepseekV3MoE", "hard", 8)}
     assert "FP8" in out["source"]
+    assert "kv_b_proj" in out["pipeline_stages"] and "deepseek_v3" in out["pipeline_stages"]
     # The MTP layer's tensors are the only ones no module reads.
     assert out["unclaimed_tensors"] and all(
         t.startswith("model.layers.3.") for t in out["unclaimed_tensors"])

@@ -77,12 +77,20 @@ int run_inspect(const InspectOptions& options) {
              "{}: architecture '{}' is not registered by any loaded plugin (registered: {})",
              (model_dir / "config.json").string(), architecture,
              fmt::join(registries.architectures.keys(), ", "));
-  auto source = std::make_shared<runtime::CheckpointSource>(model_dir);
+  std::shared_ptr<runtime::WeightSource> source =
+      std::make_shared<runtime::CheckpointSource>(model_dir);
+  std::string stages_text;
+  if (const auto stages_entry = registries.pipeline_stages.find(architecture)) {
+    const auto stages = registries.pipeline_stages.create(architecture);
+    stages_text = fmt::format("{} (from {})", stages->describe(), stages_entry->origin.to_string());
+    source = stages->source(config, source);  // what the pipeline builds the model over
+  }
   auto model = registries.architectures.create(architecture)->build(config, source, {});
 
   nlohmann::json out;
   out["model"] = model_dir.string();
   out["architecture"] = {{"key", architecture}, {"origin", arch_entry->origin.to_string()}};
+  out["pipeline_stages"] = stages_text;
   // Claimed modules, per layer, and MoE-looking modules without an adapter.
   std::map<std::string, std::shared_ptr<ModuleAdapter>> adapters;
   nlohmann::json claimed = nlohmann::json::array();
@@ -151,6 +159,9 @@ int run_inspect(const InspectOptions& options) {
               weights.names().size());
   if (&weights != source.get()) {
     std::printf("  read through: %s\n", weights.describe().c_str());
+  }
+  if (!stages_text.empty()) {
+    std::printf("  pipeline stages [hard]: %s\n", stages_text.c_str());
   }
   // One line per distinct (type, tier, experts), with the layers it covers.
   std::map<std::string, std::vector<int64_t>> groups;

@@ -39,6 +39,9 @@ std::string details(const Registries& registries, const Registration& registrati
   if (registration.kind == registries.source_formats.kind()) {
     return registries.source_formats.create(registration.key)->describe();
   }
+  if (registration.kind == registries.pipeline_stages.kind()) {
+    return "[hard] " + registries.pipeline_stages.create(registration.key)->describe();
+  }
   return {};
 }
 
@@ -106,6 +109,7 @@ int run_plugins(const PluginsOptions& options) {
   print_builtin(manager.registries().module_adapters, header_printed);
   print_builtin(manager.registries().checkpoint_mappings, header_printed);
   print_builtin(manager.registries().source_formats, header_printed);
+  print_builtin(manager.registries().pipeline_stages, header_printed);
   return 0;
 }
 

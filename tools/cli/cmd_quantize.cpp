@@ -4,7 +4,9 @@
 
 #include <sys/resource.h>
 
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -54,6 +56,8 @@ struct QuantizeFlags {
   std::vector<std::string> ignore;
   bool skip_attention = false;
   bool overwrite = false;
+  bool resume = false;
+  bool restart = false;
   std::string report;
   bool save_eval_logits = false;
   bool save_fake_weights = false;
@@ -279,6 +283,10 @@ int run_quantize(const QuantizeFlags& flags) {
              (model_dir / "config.json").string(), architecture,
              fmt::join(registries.architectures.keys(), ", "));
   auto builder = registries.architectures.create(architecture);
+  std::shared_ptr<const pipeline::PipelineStages> stages;
+  if (registries.pipeline_stages.contains(architecture)) {
+    stages = registries.pipeline_stages.create(architecture);
+  }
 
   // Calibration and evaluation tokens.
   const auto tokenizer = pipeline::find_tokenizer(model_dir);
@@ -299,6 +307,7 @@ int run_quantize(const QuantizeFlags& flags) {
   pipeline::PipelineOptions options;
   options.model_dir = model_dir;
   options.placement = runtime::Placement{device, dtype};
+  options.stages = stages;
   options.rules.scheme = scheme.scheme;
   options.rules.ignore = recipe.quantize->ignore;
   options.rules.skip_attention = recipe.quantize->skip_attention;
@@ -327,6 +336,11 @@ int run_quantize(const QuantizeFlags& flags) {
   options.export_options.model_dir = model_dir;
   options.export_options.output = ex.output;
   options.export_options.overwrite = ex.overwrite;
+  options.export_options.resumable = ex.journal;
+  options.export_options.resume = flags.resume;
+  options.export_options.restart = flags.restart;
+  // What the pipeline cannot see but decides the output: this build of moeq.
+  options.journal_salt = fmt::format("moeq {}", MOEQ_VERSION);
   options.export_options.shard_size = ex.shard_size;
   options.export_options.scheme = scheme.scheme;
   options.export_options.scheme_name = scheme.name;
@@ -339,6 +353,20 @@ int run_quantize(const QuantizeFlags& flags) {
         report_dir, io::SafetensorsWriterOptions{.prefix = "fake_weights"});
     options.on_fake_weight = [&fake_writer](const std::string& module, const at::Tensor& w) {
       fake_writer->add(module + ".weight", w);
+    };
+  }
+
+  // MOEQ_TEST_KILL_AT_MODULE=<module>: SIGKILL just before that projection is exported, in the
+  // middle of its layer (the resume tests).
+  if (const char* kill_at = std::getenv("MOEQ_TEST_KILL_AT_MODULE")) {
+    options.on_fake_weight = [kill_at, next = options.on_fake_weight](const std::string& module,
+                                                                      const at::Tensor& w) {
+      if (module == kill_at) {
+        std::raise(SIGKILL);
+      }
+      if (next) {
+        next(module, w);
+      }
     };
   }
 
@@ -376,7 +404,18 @@ int run_quantize(const QuantizeFlags& flags) {
                                         "tok");
   };
   progress.batch_done = [&](int64_t done, int64_t tokens) { bar->update(done, tokens); };
-  progress.layer_end = [&](const pipeline::LayerResult&) { bar->finish(); };
+  progress.resumed = [](int64_t done, int64_t layers) {
+    std::fprintf(stderr, "resuming: %lld of %lld layers were done\n", static_cast<long long>(done),
+                 static_cast<long long>(layers));
+  };
+  // MOEQ_TEST_KILL_AFTER_LAYER=k: SIGKILL right after layer k is journaled (the resume tests).
+  const char* kill_after = std::getenv("MOEQ_TEST_KILL_AFTER_LAYER");
+  progress.layer_end = [&](const pipeline::LayerResult& layer) {
+    bar->finish();
+    if (kill_after != nullptr && layer.index == std::atoll(kill_after)) {
+      std::raise(SIGKILL);
+    }
+  };
   const auto result = pipe.run(progress);
 
   pipeline::RunInfo info;
@@ -446,6 +485,11 @@ Command add_quantize_command(CLI::App& app) {
   c->add_option("--ignore", f->ignore, "modules to leave in high precision (name or re:regex)");
   c->add_flag("--skip-attention", f->skip_attention, "quantize the experts and MLPs only");
   c->add_flag("--overwrite", f->overwrite, "replace an existing output once the new one is done");
+  auto* resume = c->add_flag("--resume", f->resume,
+                             "continue an interrupted run of this output from its journal (or "
+                             "start one when there is none)");
+  c->add_flag("--restart", f->restart, "discard an interrupted run of this output and start over")
+      ->excludes(resume);
   c->add_option("--report", f->report, "report directory (default: <output>.report)");
   c->add_flag("--save-eval-logits", f->save_eval_logits,
               "also write both models' evaluation logits (report dir, eval_logits.safetensors)");

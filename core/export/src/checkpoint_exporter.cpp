@@ -1,6 +1,7 @@
 #include "checkpoint_exporter.h"
 
 #include <moeq/core/error.h>
+#include <moeq/io/safetensors_reader.h>
 #include <moeq/io/safetensors_writer.h>
 
 #include <ATen/ATen.h>
@@ -16,6 +17,8 @@ namespace moeq::exporting {
 namespace {
 
 namespace fs = std::filesystem;
+
+constexpr const char* kJournalFolder = ".journal";
 
 std::string shape_of(const at::Tensor& t) {
   return fmt::format("[{}]", fmt::join(t.sizes(), ", "));
@@ -82,19 +85,42 @@ CheckpointExporter::CheckpointExporter(const ExportOptions& options, SharedScale
   MOEQ_CHECK(!ec, "cannot create the output's parent '{}': {}", output.parent_path().string(),
              ec.message());
   output_ = output;
-  temp_ = output.parent_path() /
-          fmt::format(".{}.moeq-partial-{}", output.filename().string(), ::getpid());
-  fs::remove_all(temp_, ec);  // a leftover of this pid's earlier, killed run
-  fs::create_directory(temp_, ec);
-  MOEQ_CHECK(!ec, "cannot create '{}' next to the output: {}", temp_.string(), ec.message());
   io::SafetensorsWriterOptions writer_options;
   writer_options.max_shard_bytes = static_cast<uint64_t>(options.shard_size);
   writer_options.metadata = {{"format", "pt"}};
+  if (options.resumable) {
+    // A fixed name, so that a killed run's work is found again.
+    temp_ = output.parent_path() / fmt::format(".{}.moeq-partial", output.filename().string());
+    writer_options.keep_unfinished = true;
+    if (fs::exists(temp_ / kJournalFolder, ec) && options.resume) {
+      resuming_ = true;
+    } else if (fs::exists(temp_, ec)) {
+      MOEQ_CHECK(options.restart || (options.resume && !fs::exists(temp_ / kJournalFolder, ec)),
+                 "'{}' holds an interrupted run for the output '{}'; pass --resume to continue it "
+                 "or --restart to discard it",
+                 temp_.string(), output.string());
+      fs::remove_all(temp_, ec);
+      MOEQ_CHECK(!ec, "cannot remove the interrupted run '{}': {}", temp_.string(), ec.message());
+    }
+  } else {
+    temp_ = output.parent_path() /
+            fmt::format(".{}.moeq-partial-{}", output.filename().string(), ::getpid());
+    fs::remove_all(temp_, ec);  // a leftover of this pid's earlier, killed run
+  }
+  fs::create_directories(temp_, ec);
+  MOEQ_CHECK(!ec, "cannot create '{}' next to the output: {}", temp_.string(), ec.message());
+  if (options.resumable) {
+    fs::create_directories(temp_ / kJournalFolder, ec);
+    MOEQ_CHECK(!ec, "cannot create the journal '{}': {}", (temp_ / kJournalFolder).string(),
+               ec.message());
+  }
   writer_ = std::make_unique<io::SafetensorsWriter>(temp_, writer_options);
 }
 
 CheckpointExporter::~CheckpointExporter() {
-  if (!finished_) {
+  // A resumable export keeps its partial checkpoint once a checkpoint() recorded something to
+  // continue from; before that there is nothing to resume.
+  if (!finished_ && !(options_.resumable && (resuming_ || checkpointed_))) {
     writer_.reset();  // removes its own temporaries
     std::error_code ec;
     fs::remove_all(temp_, ec);
@@ -176,10 +202,97 @@ fs::path CheckpointExporter::finish(const ExportSummary& summary) {
     writer_->finish();
     write_configs(temp_, summary, quantized_);
     copy_side_files();
+    if (options_.resumable) {
+      std::error_code ec;
+      fs::remove_all(temp_ / kJournalFolder, ec);
+      MOEQ_CHECK(!ec, "cannot remove the journal '{}': {}", (temp_ / kJournalFolder).string(),
+                 ec.message());
+    }
     rename_into_place();
   });
   finished_ = true;
   return output_;
+}
+
+fs::path CheckpointExporter::journal_directory() const {
+  return options_.resumable ? temp_ / kJournalFolder : fs::path();
+}
+
+std::string CheckpointExporter::checkpoint(const std::string& tag) {
+  MOEQ_CHECK(options_.resumable, "checkpoint() on an export to '{}' that is not resumable",
+             output_.string());
+  MOEQ_CHECK(!failed_ && !finished_, "checkpoint() after the export to '{}' {}", output_.string(),
+             finished_ ? "finished" : "failed");
+  const fs::path journal = journal_directory();
+  nlohmann::ordered_json state;
+  state["writer"] = nlohmann::json::parse(
+      writer_->checkpoint(journal / fmt::format("pending-{}.safetensors", tag)));
+  state["names"] = names_;
+  state["quantized"] = quantized_;
+  state["bytes"] = bytes_;
+  // The shared scales seen so far, so that a resumed run checks later modules against them.
+  std::map<std::string, at::Tensor> scales;
+  nlohmann::ordered_json scale_modules = nlohmann::ordered_json::object();
+  for (const auto& [key, seen] : shared_.seen()) {
+    scales.emplace(key, seen.second);
+    scale_modules[key] = seen.first;
+  }
+  const std::string scale_file = fmt::format("scales-{}", tag);
+  io::SafetensorsWriterOptions scale_options;
+  scale_options.prefix = scale_file;
+  io::save_safetensors(journal, scales, scale_options);
+  state["scales"] = {{"file", scale_file + ".safetensors"}, {"modules", scale_modules}};
+  journal_keep_ = writer_->spill_files();
+  journal_keep_.insert(journal / (scale_file + ".safetensors"));
+  checkpointed_ = true;
+  return state.dump();
+}
+
+void CheckpointExporter::restore(std::string_view text) {
+  MOEQ_CHECK(resuming_, "restore() on an export to '{}' that is not resuming", output_.string());
+  MOEQ_CHECK(names_.empty(), "restore() on an export to '{}' that already holds tensors",
+             output_.string());
+  guarded(failed_, [&] {
+    nlohmann::json state;
+    try {
+      state = nlohmann::json::parse(text);
+      writer_->restore(state.at("writer").dump());
+      for (const auto& name : state.at("names")) {
+        names_.insert(name.get<std::string>());
+      }
+      quantized_ = state.at("quantized").get<std::vector<std::string>>();
+      quantized_set_.insert(quantized_.begin(), quantized_.end());
+      bytes_ = state.at("bytes").get<int64_t>();
+      const fs::path scale_file =
+          journal_directory() / state.at("scales").at("file").get<std::string>();
+      MOEQ_CHECK(fs::exists(scale_file), "cannot resume the export to '{}': '{}' is missing",
+                 output_.string(), scale_file.string());
+      io::SafetensorsFile scales(scale_file);
+      for (const auto& [key, module] : state.at("scales").at("modules").items()) {
+        shared_.restore(key, module.get<std::string>(), scales.tensor(key).clone());
+      }
+      journal_keep_ = writer_->spill_files();
+      journal_keep_.insert(scale_file);
+    } catch (const nlohmann::json::exception& e) {
+      MOEQ_CHECK(false, "cannot resume the export to '{}': malformed exporter state ({})",
+                 output_.string(), e.what());
+    }
+  });
+}
+
+void CheckpointExporter::prune() {
+  const fs::path journal = journal_directory();
+  if (journal.empty()) {
+    return;
+  }
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(journal, ec)) {
+    const auto name = entry.path().filename().string();
+    if ((name.starts_with("pending-") || name.starts_with("scales-")) &&
+        !journal_keep_.contains(entry.path())) {
+      fs::remove(entry.path(), ec);
+    }
+  }
 }
 
 void CheckpointExporter::copy_side_files() const {

@@ -1,9 +1,10 @@
 // What both exporters share: the checkpoint is streamed into a hidden temporary directory next to
-// the output (".<name>.moeq-partial-<pid>"), each quantized module is checked against the
-// engines' invariants before its tensors are written, and finish() renames the directory into
-// place only once the shards, the index, config.json and the copied side files are complete.
-// Any error, and destruction without finish(), removes the temporary directory; the output's
-// final name never holds a partial checkpoint.
+// the output (".<name>.moeq-partial-<pid>", or ".<name>.moeq-partial" when resumable), each
+// quantized module is checked against the engines' invariants before its tensors are written, and
+// finish() renames the directory into place only once the shards, the index, config.json and the
+// copied side files are complete. Any error, and destruction without finish(), removes the
+// temporary directory (a resumable export keeps it, with its journal); the output's final name
+// never holds a partial checkpoint.
 #pragma once
 
 #include <moeq/export/exporter.h>
@@ -35,6 +36,11 @@ class CheckpointExporter : public Exporter {
   void add_tensor(const std::string& name, const at::Tensor& tensor) override;
   std::filesystem::path finish(const ExportSummary& summary) override;
   int64_t bytes_written() const override { return bytes_; }
+  std::filesystem::path journal_directory() const override;
+  bool resuming() const override { return resuming_; }
+  std::string checkpoint(const std::string& tag) override;
+  void restore(std::string_view state) override;
+  void prune() override;
 
  protected:
   CheckpointExporter(const ExportOptions& options, SharedScales shared);
@@ -68,6 +74,9 @@ class CheckpointExporter : public Exporter {
   std::vector<std::string> quantized_;
   std::set<std::string> quantized_set_;
   int64_t bytes_ = 0;
+  bool resuming_ = false;
+  bool checkpointed_ = false;
+  std::set<std::filesystem::path> journal_keep_;  // files the last checkpoint() needs
   bool failed_ = false;
   bool finished_ = false;
 };

@@ -41,6 +41,10 @@ void SharedScales::check(const std::string& module, const quant::QuantizedTensor
   }
 }
 
+void SharedScales::restore(const std::string& key, std::string module, at::Tensor tensor) {
+  seen_.insert_or_assign(key, std::make_pair(std::move(module), std::move(tensor)));
+}
+
 void SharedScales::check_one(const std::string& key,
                              const std::string& module,
                              const std::string& suffix,

@@ -27,6 +27,10 @@ class SharedScales {
   // them. Throws moeq::Error naming both tensors and their values.
   void check(const std::string& module, const quant::QuantizedTensors& tensors);
 
+  // For resumable exports: the scales seen so far, and restoring them.
+  const std::map<std::string, std::pair<std::string, at::Tensor>>& seen() const { return seen_; }
+  void restore(const std::string& key, std::string module, at::Tensor tensor);
+
  private:
   void check_one(const std::string& key,
                  const std::string& module,

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "moeq/core/error.h"
+#include "moeq/io/safetensors_reader.h"
 #include "moeq/io/torch_dtype.h"
 
 namespace moeq::io {
@@ -128,7 +129,7 @@ SafetensorsWriter::SafetensorsWriter(fs::path directory, SafetensorsWriterOption
 }
 
 SafetensorsWriter::~SafetensorsWriter() {
-  if (!finished_) {
+  if (!finished_ && !options_.keep_unfinished) {
     discard();
   }
 }
@@ -173,12 +174,14 @@ void SafetensorsWriter::flush() {
   }
 }
 
-void SafetensorsWriter::write_shard() {
+uint64_t SafetensorsWriter::write_file(const fs::path& path,
+                                       const std::string& what,
+                                       std::vector<Pending*>& tensors) const {
   // The reference's order: DType descending (it lists dtypes by increasing alignment, so every
   // tensor stays aligned to its element size), then by name. Same tensors, same bytes as
   // safetensors' own save_file.
-  std::sort(pending_.begin(), pending_.end(), [](const Pending& a, const Pending& b) {
-    return a.dtype != b.dtype ? a.dtype > b.dtype : a.name < b.name;
+  std::sort(tensors.begin(), tensors.end(), [](const Pending* a, const Pending* b) {
+    return a->dtype != b->dtype ? a->dtype > b->dtype : a->name < b->name;
   });
 
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
@@ -186,40 +189,137 @@ void SafetensorsWriter::write_shard() {
     header["__metadata__"] = options_.metadata;
   }
   uint64_t offset = 0;
-  for (const Pending& tensor : pending_) {
-    const uint64_t end = offset + tensor.data.nbytes();
-    header[tensor.name] = {{"dtype", dtype_name(tensor.dtype)},
-                           {"shape", tensor.shape},
-                           {"data_offsets", {offset, end}}};
+  for (const Pending* tensor : tensors) {
+    const uint64_t end = offset + tensor->data.nbytes();
+    header[tensor->name] = {{"dtype", dtype_name(tensor->dtype)},
+                            {"shape", tensor->shape},
+                            {"data_offsets", {offset, end}}};
     offset = end;
   }
   std::string json = header.dump();
   json.resize((json.size() + 7) / 8 * 8, ' ');
   MOEQ_CHECK(json.size() <= kMaxHeaderSize,
-             "safetensors writer for '{}': the header of shard {} would be {} bytes, over the "
+             "safetensors writer for '{}': the header of {} would be {} bytes, over the "
              "format's limit of {}",
-             directory_.string(), shards_.size() + 1, json.size(), kMaxHeaderSize);
+             directory_.string(), what, json.size(), kMaxHeaderSize);
 
-  Shard shard{temporary_path(shards_.size()), {}, offset};
-  TemporaryFile file(shard.temporary,
-                     fmt::format("shard {} in '{}'", shards_.size() + 1, directory_.string()));
+  TemporaryFile file(path, fmt::format("{} in '{}'", what, directory_.string()));
   uint8_t length[8];
   for (int i = 0; i < 8; ++i) {
     length[i] = static_cast<uint8_t>(static_cast<uint64_t>(json.size()) >> (8 * i));
   }
   file.write(length, sizeof(length));
   file.write(json.data(), json.size());
-  for (const Pending& tensor : pending_) {
-    file.write(tensor.data.const_data_ptr(), tensor.data.nbytes());
+  for (const Pending* tensor : tensors) {
+    file.write(tensor->data.const_data_ptr(), tensor->data.nbytes());
   }
   file.commit();
+  return offset;
+}
 
+void SafetensorsWriter::write_shard() {
+  std::vector<Pending*> tensors;
   for (Pending& tensor : pending_) {
-    shard.names.push_back(std::move(tensor.name));
+    tensors.push_back(&tensor);
+  }
+  Shard shard{temporary_path(shards_.size()), {}, 0};
+  shard.tensor_bytes =
+      write_file(shard.temporary, fmt::format("shard {}", shards_.size() + 1), tensors);
+  for (const Pending* tensor : tensors) {
+    shard.names.push_back(tensor->name);
   }
   shards_.push_back(std::move(shard));
   pending_.clear();
   pending_bytes_ = 0;
+}
+
+std::string SafetensorsWriter::checkpoint(const fs::path& spill) {
+  MOEQ_CHECK(!finished_, "safetensors writer for '{}': checkpoint() after finish()",
+             directory_.string());
+  std::vector<Pending*> unsaved;
+  for (Pending& tensor : pending_) {
+    if (tensor.spill.empty()) {
+      unsaved.push_back(&tensor);
+    }
+  }
+  if (!unsaved.empty()) {
+    write_file(spill, fmt::format("spill file '{}'", spill.filename().string()), unsaved);
+    for (Pending* tensor : unsaved) {
+      tensor->spill = spill;
+    }
+  }
+  nlohmann::json state = {
+      {"version", 1}, {"shards", nlohmann::json::array()}, {"pending", nlohmann::json::array()}};
+  for (const Shard& shard : shards_) {
+    state["shards"].push_back({{"file", shard.temporary.filename().string()},
+                               {"names", shard.names},
+                               {"tensor_bytes", shard.tensor_bytes},
+                               {"file_bytes", fs::file_size(shard.temporary)}});
+  }
+  for (const Pending& tensor : pending_) {
+    state["pending"].push_back({{"name", tensor.name}, {"spill", tensor.spill.string()}});
+  }
+  return state.dump();
+}
+
+void SafetensorsWriter::restore(std::string_view text) {
+  MOEQ_CHECK(shards_.empty() && pending_.empty() && !finished_,
+             "safetensors writer for '{}': restore() on a writer that already holds tensors",
+             directory_.string());
+  nlohmann::json state;
+  try {
+    state = nlohmann::json::parse(text);
+    for (const auto& record : state.at("shards")) {
+      Shard shard{directory_ / record.at("file").get<std::string>(),
+                  record.at("names").get<std::vector<std::string>>(),
+                  record.at("tensor_bytes").get<uint64_t>()};
+      const auto want = record.at("file_bytes").get<uint64_t>();
+      std::error_code ec;
+      const auto have = fs::file_size(shard.temporary, ec);
+      MOEQ_CHECK(!ec && have == want,
+                 "cannot resume the checkpoint in '{}': shard '{}' {} (the journal recorded {} "
+                 "bytes)",
+                 directory_.string(), shard.temporary.filename().string(),
+                 ec ? "is missing" : fmt::format("has {} bytes", have), want);
+      names_.insert(shard.names.begin(), shard.names.end());
+      shards_.push_back(std::move(shard));
+    }
+    std::map<fs::path, std::unique_ptr<SafetensorsFile>> spills;
+    for (const auto& record : state.at("pending")) {
+      const auto name = record.at("name").get<std::string>();
+      const fs::path spill = record.at("spill").get<std::string>();
+      MOEQ_CHECK(!spill.empty(),
+                 "cannot resume the checkpoint in '{}': pending tensor '{}' was "
+                 "never saved",
+                 directory_.string(), name);
+      auto& file = spills[spill];
+      if (!file) {
+        MOEQ_CHECK(fs::exists(spill),
+                   "cannot resume the checkpoint in '{}': spill file '{}' is "
+                   "missing",
+                   directory_.string(), spill.string());
+        file = std::make_unique<SafetensorsFile>(spill);
+      }
+      const at::Tensor tensor = file->tensor(name);
+      const DType dtype = file->entry(name).dtype;
+      pending_.push_back({name, dtype, file->entry(name).shape, owned_copy(tensor), spill});
+      pending_bytes_ += tensor.nbytes();
+      names_.insert(name);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    MOEQ_CHECK(false, "cannot resume the checkpoint in '{}': malformed writer state ({})",
+               directory_.string(), e.what());
+  }
+}
+
+std::set<fs::path> SafetensorsWriter::spill_files() const {
+  std::set<fs::path> files;
+  for (const Pending& tensor : pending_) {
+    if (!tensor.spill.empty()) {
+      files.insert(tensor.spill);
+    }
+  }
+  return files;
 }
 
 std::vector<fs::path> SafetensorsWriter::finish() {
@@ -250,6 +350,15 @@ std::vector<fs::path> SafetensorsWriter::finish() {
                                   {"weight_map", std::move(weight_map)}};
     paths.push_back(directory_ / fmt::format("{}.safetensors.index.json", options_.prefix));
     write_file_atomically(paths.back(), index.dump(2) + "\n");
+  }
+  // Shards an interrupted earlier writer left beyond this one's (a resumed run's directory).
+  std::error_code ec;
+  const std::string stale_prefix = "." + options_.prefix + "-";
+  for (const auto& entry : fs::directory_iterator(directory_, ec)) {
+    const auto name = entry.path().filename().string();
+    if (name.starts_with(stale_prefix) && name.ends_with(".safetensors.tmp")) {
+      fs::remove(entry.path(), ec);
+    }
   }
   sync_directory(directory_);
   finished_ = true;

@@ -61,12 +61,24 @@ bool TargetRules::ignored(const std::string& module_name, ProjKind kind, int64_t
     }
   }
   // A scheme targets "Linear" (every projection) or names modules as the ignore list does.
+  bool targeted = false;
   for (const auto& target : scheme.targets) {
     if (target == "Linear" || matches(target, module_name)) {
-      return false;
+      targeted = true;
+      break;
     }
   }
-  return true;
+  if (!targeted) {
+    return true;
+  }
+  std::string reason;
+  if (stages != nullptr && !stages->quantize(module_name, kind, expert, reason)) {
+    if (stage_reasons_logged && stage_reasons_logged->insert(reason).second) {
+      logger().info("{} (and others like it) left in high precision: {}", module_name, reason);
+    }
+    return true;
+  }
+  return false;
 }
 
 LayerSession::LayerSession(runtime::DecoderLayer& layer,
@@ -336,6 +348,11 @@ fn::Handlers LayerSession::calibration_handlers() {
 }
 
 void LayerSession::finish_calibration() {
+  finish_calibration({}, /*in_place=*/false);
+}
+
+void LayerSession::finish_calibration(const std::function<void(QuantTarget&)>& quantized,
+                                      bool in_place) {
   // Experts under the token threshold: their weights get statistics from the weights alone
   // (round-to-nearest needs nothing else) and the block's shared input scale.
   for (auto& cov : coverage_) {
@@ -360,30 +377,37 @@ void LayerSession::finish_calibration() {
                "(use a scheme with dynamic activations, more samples, or calibration mode 'all')",
                group);
   }
+  const bool lean = static_cast<bool>(quantized);
   std::map<std::string, at::Tensor> stored;  // stacks and their biases as stored, read once
   const auto read_once = [&](const runtime::Parameter& p) -> const at::Tensor& {
     auto& value = stored[p.name];
     if (!value.defined()) {
-      value = weights_.get(p.name).to(p.value.device());
+      value = p.holds_stored_values() ? p.value : weights_.get(p.name).to(p.value.device());
     }
     return value;
   };
-  for (auto& t : targets_) {
+  // The target's weight as stored (bf16 stays bf16: what the engines will decompress), on the
+  // compute device; [out, in] whatever a stack's layout.
+  const auto stored_weight = [&](QuantTarget& t) {
     if (t.linear != nullptr) {
       const auto& param = t.linear->weight();
       MOEQ_INTERNAL_ASSERT(param.resident(), "'{}' is not loaded", param.name);
-      // Quantize what is stored (bf16 stays bf16) on the compute device.
-      t.source_weight = weights_.get(param.name).to(param.value.device());
-    } else {
-      const auto& stack = *t.slice->stack;
-      MOEQ_INTERNAL_ASSERT(stack.resident(), "'{}' is not loaded", stack.name);
-      // The expert's [out, in] weight: quantized along its input axis whatever the stack layout.
-      t.source_weight = t.fused->slice(read_once(stack), *t.slice);
-      if (t.slice->bias != nullptr) {
-        t.bias = runtime::FusedExperts::slice_bias(read_once(*t.slice->bias), *t.slice);
-      }
+      return param.holds_stored_values() ? param.value
+                                         : weights_.get(param.name).to(param.value.device());
     }
+    const auto& stack = *t.slice->stack;
+    MOEQ_INTERNAL_ASSERT(stack.resident(), "'{}' is not loaded", stack.name);
+    if (t.slice->bias != nullptr && !t.bias.defined()) {
+      t.bias = runtime::FusedExperts::slice_bias(read_once(*t.slice->bias), *t.slice);
+    }
+    return t.fused->slice(read_once(stack), *t.slice);
+  };
+  for (auto& t : targets_) {
+    t.source_weight = stored_weight(t);
     t.weight->observe(t.source_weight);
+    if (lean) {
+      t.source_weight = at::Tensor();  // read again when quantized: one target at a time
+    }
   }
   // Projections the engines fuse share an NVFP4 global scale: gate and up of each expert (and of
   // each dense or shared MLP), q, k and v of the attention.
@@ -404,13 +428,37 @@ void LayerSession::finish_calibration() {
     }
   }
   for (auto& t : targets_) {
-    const auto& param = t.linear != nullptr ? t.linear->weight() : *t.slice->stack;
+    auto& param = t.linear != nullptr ? t.linear->weight() : *t.slice->stack;
+    if (!t.source_weight.defined()) {
+      t.source_weight = stored_weight(t);
+    }
     const auto fake = t.weight->fake_quantize(t.source_weight);
     t.weight_error = relative_rms_error(fake, t.source_weight);
     t.fake_weight = fake.to(param.value.scalar_type());
+    if (!lean) {
+      continue;
+    }
+    quantized(t);
+    t.source_weight = at::Tensor();
+    if (in_place && !param.value.is_cpu()) {
+      // The stored values were read (exported) above; the slot now holds the quantized ones.
+      if (t.linear != nullptr) {
+        param.value.copy_(t.fake_weight);
+        t.fake_weight = param.value;
+      } else {
+        t.fused->assign(param.value, *t.slice, t.fake_weight);
+        t.fake_weight = at::Tensor();  // the stack itself serves as the fake stack
+      }
+      param.stored_dtype = c10::ScalarType::Undefined;  // no longer the stored values
+    }
   }
-  // Each stack's fake-quantized copy, assembled from its experts' slices.
+  // Each stack's fake-quantized copy, assembled from its experts' slices (the stack itself when
+  // quantized in place).
   for (auto& [name, stack] : stacks_) {
+    if (lean && in_place && !stack.param->value.is_cpu()) {
+      stack.fake = stack.param->value;
+      continue;
+    }
     stack.fake = stack.param->value.clone();
     for (auto i : stack.targets) {
       stack.experts->assign(stack.fake, *targets_[i].slice, targets_[i].fake_weight);

@@ -9,8 +9,13 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
+#include <exception>
+#include <optional>
 #include <set>
+
+#include "journal.h"
 
 namespace moeq::pipeline {
 namespace {
@@ -106,7 +111,24 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
   MOEQ_CHECK(!options_.calibration_batches.empty(), "no calibration batches for '{}'",
              options_.model_dir.string());
   const auto config = io::HfConfig::load(options_.model_dir / "config.json");
-  auto source = std::make_shared<runtime::CheckpointSource>(options_.model_dir);
+  std::shared_ptr<runtime::WeightSource> source =
+      std::make_shared<runtime::CheckpointSource>(options_.model_dir);
+  const PipelineStages* stages = options_.stages.get();
+  if (stages != nullptr) {
+    source = stages->source(config, std::move(source));
+    MOEQ_CHECK(source != nullptr, "the pipeline stages of '{}' returned no weight source",
+               config.architecture());
+  }
+  options_.rules.stages = stages;
+  // Stage 4, export naming.
+  const auto export_name = [stages](const std::string& name) {
+    return stages != nullptr ? stages->export_name(name) : name;
+  };
+  // Stage 2, calibration routing.
+  const LayerSession::AdapterLookup adapters = [this, stages](const std::string& type) {
+    ModuleAdapter* registered = adapters_(type);
+    return stages != nullptr ? stages->adapter(type, registered) : registered;
+  };
   runtime::RuntimeOptions runtime_options;
   runtime_options.placement = options_.placement;
   auto model = build_(config, source, runtime_options);
@@ -149,12 +171,129 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
 
   std::set<std::string> quantized_weights;
   const auto num_layers = model->num_layers();
-  for (int64_t i = 0; i < num_layers; ++i) {
+  int64_t first_layer = 0;
+  // A resumable run: continue from the journal when the exporter found one.
+  std::optional<detail::Journal> journal;
+  if (exporter && !exporter->journal_directory().empty()) {
+    journal.emplace(exporter->journal_directory(),
+                    detail::run_fingerprint(options_, result.architecture, options_.placement));
+    if (exporter->resuming()) {
+      if (auto record = journal->load()) {
+        MOEQ_CHECK(record->layers_done <= num_layers,
+                   "cannot resume from '{}': it finished {} layers, the model has {}",
+                   journal->directory().string(), record->layers_done, num_layers);
+        exporter->restore(record->exporter_state);
+        const auto restore_stream = [&](Stream& stream, const char* name) {
+          for (size_t b = 0; b < stream.hidden.size(); ++b) {
+            const auto key = fmt::format("{}.{}", name, b);
+            const auto it = record->hidden.find(key);
+            MOEQ_CHECK(it != record->hidden.end() && it->second.sizes() == stream.hidden[b].sizes(),
+                       "cannot resume from '{}': the saved activations '{}' {} this run's [{}]",
+                       journal->directory().string(), key,
+                       it == record->hidden.end()
+                           ? std::string("are missing, unlike")
+                           : fmt::format("are [{}], not", fmt::join(it->second.sizes(), ", ")),
+                       fmt::join(stream.hidden[b].sizes(), ", "));
+            stream.hidden[b] = park(it->second.to(device));
+          }
+        };
+        restore_stream(calib, "calib");
+        restore_stream(eval_ref, "eval_ref");
+        restore_stream(eval_quant, "eval_quant");
+        first_layer = record->layers_done;
+        result.layers = std::move(record->layers);
+        quantized_weights = std::move(record->quantized_weights);
+        result.quantized_parameters = record->quantized_parameters;
+        result.quantized_bytes = record->quantized_bytes;
+        logger().info("resuming {} after layer {} of {} (journal '{}')",
+                      options_.export_options.output.string(), first_layer, num_layers,
+                      journal->directory().string());
+        if (progress.resumed) {
+          progress.resumed(first_layer, num_layers);
+        }
+      }
+    }
+  }
+
+  // A run that fails after the journal recorded layers says how to continue it.
+  struct ResumeHint {
+    const std::optional<detail::Journal>& journal;
+    int64_t layers_done = 0;
+    ~ResumeHint() {
+      if (std::uncaught_exceptions() > 0 && journal && layers_done > 0) {
+        logger().warn("{} finished layers are kept in '{}': rerun with --resume to continue",
+                      layers_done, journal->directory().parent_path().string());
+      }
+    }
+  } hint{journal, first_layer};
+  // A finished layer: its result, the journal record a resumed run continues from, progress.
+  const auto finish_layer = [&](LayerResult lr) {
+    const int64_t i = lr.index;
+    result.layers.push_back(std::move(lr));
+    if (journal) {
+      detail::JournalRecord record;
+      record.layers_done = i + 1;
+      const auto save_stream = [&](const Stream& stream, const char* name) {
+        for (size_t b = 0; b < stream.hidden.size(); ++b) {
+          record.hidden.emplace(fmt::format("{}.{}", name, b), stream.hidden[b]);
+        }
+      };
+      save_stream(calib, "calib");
+      save_stream(eval_ref, "eval_ref");
+      save_stream(eval_quant, "eval_quant");
+      const auto tag = fmt::format("{:05}", i);
+      record.exporter_state = exporter->checkpoint(tag);
+      record.layers = result.layers;
+      record.quantized_weights = quantized_weights;
+      record.quantized_parameters = result.quantized_parameters;
+      record.quantized_bytes = result.quantized_bytes;
+      journal->commit(record, tag);
+      exporter->prune();
+      hint.layers_done = i + 1;
+    }
+    if (progress.layer_end) {
+      progress.layer_end(result.layers.back());
+    }
+  };
+  // A layer the stages skip: run in its original precision on every stream, nothing quantized.
+  const auto run_skipped_layer = [&](int64_t i) {
+    const auto layer_start = Clock::now();
+    auto& layer = model->layer(i);
+    model->load(layer);
+    if (progress.layer_begin) {
+      progress.layer_begin(i, num_layers, static_cast<int64_t>(calib.hidden.size()));
+    }
+    LayerResult lr;
+    lr.index = i;
+    lr.skipped = true;
+    int64_t tokens = 0;
+    for (size_t b = 0; b < calib.hidden.size(); ++b) {
+      calib.hidden[b] = park(layer.forward(unpark(calib.hidden[b]), calib.contexts[b]));
+      tokens += calib.hidden[b].size(0) * calib.hidden[b].size(1);
+      if (progress.batch_done) {
+        progress.batch_done(static_cast<int64_t>(b) + 1, tokens);
+      }
+    }
+    lr.tokens = tokens;
+    for (auto* stream : {&eval_ref, &eval_quant}) {
+      for (size_t b = 0; b < stream->hidden.size(); ++b) {
+        stream->hidden[b] = park(layer.forward(unpark(stream->hidden[b]), stream->contexts[b]));
+      }
+    }
+    lr.seconds = seconds_since(layer_start);
+    model->release(layer);
+    finish_layer(std::move(lr));
+  };
+  for (int64_t i = first_layer; i < num_layers; ++i) {
+    if (stages != nullptr && stages->skip_layer(i, config)) {
+      run_skipped_layer(i);
+      continue;
+    }
     const auto layer_start = Clock::now();
     auto& layer = model->layer(i);
     model->load(layer);
     LayerSession session(layer, weights, options_.rules, options_.calibration);
-    session.attach_adapters(adapters_);
+    session.attach_adapters(adapters);
     if (progress.layer_begin) {
       progress.layer_begin(i, num_layers, static_cast<int64_t>(calib.hidden.size()));
     }
@@ -172,11 +311,50 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       }
     }
     session.detach_all();
-    // 2. Scales and fake-quantized weights.
-    session.finish_calibration();
-    // 3. The quantized layer on the same inputs: its output error, and the next layer's inputs.
+    // 2. The original evaluation stream, while the layer still holds its original weights.
+    for (size_t b = 0; b < eval_ref.hidden.size(); ++b) {
+      eval_ref.hidden[b] = park(layer.forward(unpark(eval_ref.hidden[b]), eval_ref.contexts[b]));
+    }
+    // 3. Scales and fake-quantized weights; each projection is exported as soon as it is
+    // quantized and its original weight is then replaced by the quantized one.
     LayerResult lr;
     lr.index = i;
+    std::map<std::pair<std::string, int64_t>, bool> fallback;
+    for (const auto& cov : session.coverage()) {
+      for (int64_t e = 0; e < cov.num_experts(); ++e) {
+        fallback[{cov.block, e}] = cov.fallback[e];
+      }
+    }
+    session.finish_calibration(
+        [&](QuantTarget& t) {
+          if (options_.on_fake_weight) {
+            options_.on_fake_weight(export_name(t.module), t.fake_weight);
+          }
+          if (exporter) {
+            const auto before = exporter->bytes_written();
+            exporter->add_quantized(export_name(t.module), t.source_weight, *t.weight, t.input,
+                                    t.bias);
+            result.quantized_bytes += exporter->bytes_written() - before;
+          }
+          // A stack (and its bias) is written as its experts' slices, never as is.
+          quantized_weights.insert(t.weight_name);
+          if (t.slice && t.slice->bias != nullptr) {
+            quantized_weights.insert(t.slice->bias->name);
+          }
+          result.quantized_parameters += t.source_weight.numel();
+          ProjectionResult pr;
+          pr.module = t.module;
+          pr.block = t.block;
+          pr.expert = t.expert;
+          pr.kind = std::string(kind_name(t.kind));
+          pr.weight_error = t.weight_error;
+          pr.rows_seen = t.rows_seen;
+          const auto fb = fallback.find({t.block, t.expert});
+          pr.fallback = fb != fallback.end() && fb->second;
+          lr.projections.push_back(std::move(pr));
+        },
+        /*in_place=*/true);
+    // 4. The quantized layer on the same inputs: its output error, and the next layer's inputs.
     {
       fn::FunctionalOverride quantized(session.quantized_handlers());
       double num = 0.0;
@@ -198,11 +376,10 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
             park(layer.forward(unpark(eval_quant.hidden[b]), eval_quant.contexts[b]));
       }
     }
-    if (evaluate) {  // the original stream, outside the override
+    if (evaluate) {
       double num = 0.0;
       double den = 0.0;
       for (size_t b = 0; b < eval_ref.hidden.size(); ++b) {
-        eval_ref.hidden[b] = park(layer.forward(unpark(eval_ref.hidden[b]), eval_ref.contexts[b]));
         const auto d = (eval_quant.hidden[b].to(at::kDouble) - eval_ref.hidden[b].to(at::kDouble))
                            .norm()
                            .item<double>();
@@ -212,46 +389,10 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       }
       lr.eval_hidden_error = den > 0.0 ? std::sqrt(num / den) : std::sqrt(num);
     }
-    // 4. Export the layer's quantized projections.
-    std::map<std::pair<std::string, int64_t>, bool> fallback;
-    for (const auto& cov : session.coverage()) {
-      for (int64_t e = 0; e < cov.num_experts(); ++e) {
-        fallback[{cov.block, e}] = cov.fallback[e];
-      }
-    }
-    for (auto& t : session.targets()) {
-      if (options_.on_fake_weight) {
-        options_.on_fake_weight(t.module, t.fake_weight);
-      }
-      if (exporter) {
-        const auto before = exporter->bytes_written();
-        exporter->add_quantized(t.module, t.source_weight, *t.weight, t.input, t.bias);
-        result.quantized_bytes += exporter->bytes_written() - before;
-      }
-      // A stack (and its bias) is written as its experts' slices, never as is.
-      quantized_weights.insert(t.weight_name);
-      if (t.slice && t.slice->bias != nullptr) {
-        quantized_weights.insert(t.slice->bias->name);
-      }
-      result.quantized_parameters += t.source_weight.numel();
-      ProjectionResult pr;
-      pr.module = t.module;
-      pr.block = t.block;
-      pr.expert = t.expert;
-      pr.kind = std::string(kind_name(t.kind));
-      pr.weight_error = t.weight_error;
-      pr.rows_seen = t.rows_seen;
-      const auto fb = fallback.find({t.block, t.expert});
-      pr.fallback = fb != fallback.end() && fb->second;
-      lr.projections.push_back(std::move(pr));
-    }
     lr.coverage = session.coverage();
     lr.seconds = seconds_since(layer_start);
     model->release(layer);
-    if (progress.layer_end) {
-      progress.layer_end(lr);
-    }
-    result.layers.push_back(std::move(lr));
+    finish_layer(std::move(lr));
   }
 
   // Evaluation: both streams through the final norm and the head.
@@ -300,11 +441,22 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
 
   // Modules left in high precision: every projection not quantized, and the routers. Every
   // routed expert's projection the rules do not exclude must have been quantized.
+  std::vector<std::string> skipped_layers;  // prefixes of the layers the stages skipped
+  for (int64_t i = 0; i < num_layers && stages != nullptr; ++i) {
+    if (stages->skip_layer(i, config)) {
+      skipped_layers.push_back(model->layer(i).name() + ".");
+    }
+  }
+  const auto in_skipped_layer = [&](const std::string& name) {
+    return std::any_of(skipped_layers.begin(), skipped_layers.end(),
+                       [&](const std::string& prefix) { return name.starts_with(prefix); });
+  };
   std::vector<std::string> expected_quantized;
   model->for_each_module([&](runtime::Module& m) {
     if (auto* linear = dynamic_cast<runtime::Linear*>(&m)) {
       const auto& ref = linear->ref();
-      if (ref.expert >= 0 && !options_.rules.ignored(linear->name(), ref.kind, ref.expert)) {
+      if (ref.expert >= 0 && !in_skipped_layer(linear->name()) &&
+          !options_.rules.ignored(linear->name(), ref.kind, ref.expert)) {
         expected_quantized.push_back(linear->name());
       }
       if (!quantized_weights.contains(std::string(linear->weight().name))) {
@@ -314,7 +466,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       result.ignored_modules.push_back(m.name());
     } else if (auto* fused = dynamic_cast<runtime::FusedExperts*>(&m)) {
       for (const auto& p : fused->projections()) {
-        if (!options_.rules.ignored(p.module, p.kind, p.expert)) {
+        if (!in_skipped_layer(p.module) && !options_.rules.ignored(p.module, p.kind, p.expert)) {
           expected_quantized.push_back(p.module);
         }
       }
@@ -343,14 +495,20 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       result.ignored_modules.push_back(name.substr(0, name.size() - 7));
     }
     if (exporter) {
-      exporter->add_tensor(name, tensor);
+      exporter->add_tensor(export_name(name), tensor);
     }
   }
   if (exporter) {
+    const auto export_names = [&](std::vector<std::string> names) {
+      for (auto& name : names) {
+        name = export_name(name);
+      }
+      return names;
+    };
     exporting::ExportSummary summary;
-    summary.ignored_modules = result.ignored_modules;
-    summary.expected_quantized = std::move(expected_quantized);
-    summary.unquantized_embeddings.push_back(model->embed_tokens().name());
+    summary.ignored_modules = export_names(result.ignored_modules);
+    summary.expected_quantized = export_names(std::move(expected_quantized));
+    summary.unquantized_embeddings.push_back(export_name(model->embed_tokens().name()));
     result.output = exporter->finish(summary);
     result.output_bytes = exporter->bytes_written();
   }

@@ -220,6 +220,7 @@ Report::Report(const PipelineResult& result, const RunInfo& info) {
                              {"fallback", p.fallback}});
     }
     layers.push_back({{"index", layer.index},
+                      {"skipped", layer.skipped},
                       {"seconds", layer.seconds},
                       {"tokens", layer.tokens},
                       {"tokens_per_second", layer.seconds > 0 ? layer.tokens / layer.seconds : 0.0},

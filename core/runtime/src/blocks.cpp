@@ -165,6 +165,7 @@ void Module::load(WeightSource& source, const Placement& placement) {
                  source.describe(), p.name, detail::shape_str(t.sizes()),
                  detail::shape_str(p.shape));
       p.value = t.to(placement.device, p.dtype.value_or(placement.dtype));
+      p.stored_dtype = t.scalar_type();
     });
   } catch (...) {
     release();

@@ -7,7 +7,8 @@
 //   calibration:  {dataset: calib.jsonl, samples: 512, seq_len: 2048, mode: all}
 //   quantize:     {ignore: ["re:.*self_attn"], propagate: quantized}
 //   evaluation:   {dataset: eval.txt, samples: 16, seq_len: 256}
-//   export:       {format: compressed-tensors, output: ./out, shard_size: 5GB, overwrite: false}
+//   export:       {format: compressed-tensors, output: ./out, shard_size: 5GB, overwrite: false,
+//                  journal: true}
 //   adapters:     [{...}, ...]                                # YAML-declared easy adapters
 //
 // Every key, type and default is declared in recipe_schema() (docs/plugins.md lists them);
@@ -66,6 +67,7 @@ struct ExportConfig {
   int64_t shard_size = 0;        // bytes
   std::filesystem::path report;  // empty: <output>.report
   bool overwrite = false;
+  bool journal = true;  // resumable: a killed run continues with --resume
 };
 
 struct QuantizeConfig {

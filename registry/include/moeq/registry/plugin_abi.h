@@ -8,8 +8,10 @@
 // constructors inside a plugin.
 //
 // Versioning rule (LLVM's PassPlugin): MOEQ_PLUGIN_API_VERSION is bumped whenever a field of
-// `moeq_plugin_info` or `moeq_plugin_host` is added, removed or reordered. `api_version` stays the
-// first field forever, so a host can always read it.
+// `moeq_plugin_info` or `moeq_plugin_host` is added, removed or reordered, and whenever the
+// registries a plugin registers into change (a registry added, an interface's virtual functions
+// extended). `api_version` stays the first field forever, so a host can always read it.
+// 2: the pipeline_stages registry (the hard tier's stage overrides).
 #pragma once
 
 #include <cstdint>
@@ -21,7 +23,7 @@
 
 #include "moeq/core/error.h"
 
-#define MOEQ_PLUGIN_API_VERSION 1
+#define MOEQ_PLUGIN_API_VERSION 2
 
 namespace moeq {
 class Logger;

@@ -50,6 +50,10 @@ class BOOST_SYMBOL_VISIBLE PluginRegistrar {
                               CheckpointMappingFactory factory,
                               SourceLocation where = {});
   void add_source_format(std::string key, SourceFormatFactory factory, SourceLocation where = {});
+  // The hard tier: pipeline stages an architecture takes over, keyed like its architecture.
+  void add_pipeline_stages(std::string key,
+                           PipelineStagesFactory factory,
+                           SourceLocation where = {});
 
   // Shorthands for default-constructible types: add_module_adapter<MixtralSparseMoeBlock>("...").
   template <typename T>

@@ -33,6 +33,13 @@ struct ExportOptions {
   int64_t shard_size = int64_t{5} << 30;  // bytes per safetensors shard
   quant::QuantScheme scheme;              // the scheme every quantized module uses
   std::string scheme_name;                // "NVFP4", for metadata
+  // Resumable: the checkpoint is built in a partial directory with a fixed name next to the
+  // output (".<name>.moeq-partial"), kept when the run stops before finish(), with a journal
+  // folder in it (removed by finish()). An existing partial directory is an error unless
+  // `resume` (continue it: the caller restores the journal's state) or `restart` (discard it).
+  bool resumable = false;
+  bool resume = false;
+  bool restart = false;
 };
 
 // What the pipeline knows at the end.
@@ -72,6 +79,21 @@ class Exporter {
   virtual std::filesystem::path finish(const ExportSummary& summary) = 0;
   // Bytes of tensor data written so far.
   virtual int64_t bytes_written() const = 0;
+
+  // ---- resumable exports ----
+  // The journal folder inside the partial checkpoint; empty unless resumable.
+  virtual std::filesystem::path journal_directory() const = 0;
+  // True when a resumable exporter found an earlier run's partial checkpoint (and `resume`).
+  virtual bool resuming() const = 0;
+  // Saves what a resumed run needs to continue from this point (the pending tensors, the shards
+  // written, the shared scales seen) under the journal folder, as files named with `tag`;
+  // returns the state as JSON text, for the caller's journal.
+  virtual std::string checkpoint(const std::string& tag) = 0;
+  // Continues from checkpoint()'s state (a fresh exporter with `resume`).
+  virtual void restore(std::string_view state) = 0;
+  // Removes the journal files the last checkpoint() no longer needs. Call once the journal that
+  // records that checkpoint is durable: until then the earlier state must stay restorable.
+  virtual void prune() = 0;
 };
 
 std::unique_ptr<Exporter> make_exporter(const ExportOptions& options);

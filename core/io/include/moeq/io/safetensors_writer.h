@@ -38,6 +38,9 @@ struct SafetensorsWriterOptions {
   // File names: <prefix>.safetensors, <prefix>-00001-of-00002.safetensors,
   // <prefix>.safetensors.index.json.
   std::string prefix = "model";
+  // Keep the shards written so far when the writer is destroyed before finish() (a resumable
+  // run's partial checkpoint); by default they are removed.
+  bool keep_unfinished = false;
 };
 
 class SafetensorsWriter {
@@ -61,12 +64,27 @@ class SafetensorsWriter {
   uint64_t pending_bytes() const { return pending_bytes_; }
   size_t shards_written() const { return shards_.size(); }
 
+  // ---- resuming (the pipeline's journal) ----
+  // Saves the pending tensors that no earlier checkpoint saved into `spill` (a safetensors file,
+  // written durably) and returns the writer's state as JSON text: the shards written so far and
+  // which spill file holds each pending tensor. A fresh writer over the same directory given that
+  // state by restore() continues exactly there: the same tensors added afterwards give the same
+  // bytes as a writer that was never interrupted.
+  std::string checkpoint(const std::filesystem::path& spill);
+  // Restores checkpoint()'s state. Every shard and spill file it names must exist with the size
+  // it had; a missing or truncated one is an error naming it.
+  void restore(std::string_view state);
+  // The spill files the pending tensors are in (those a checkpoint names but no longer needs
+  // may be removed once the journal recording it is durable).
+  std::set<std::filesystem::path> spill_files() const;
+
  private:
   struct Pending {
     std::string name;
     DType dtype;
-    std::vector<int64_t> shape;  // header shape
-    at::Tensor data;             // CPU, contiguous, owned by the writer
+    std::vector<int64_t> shape;   // header shape
+    at::Tensor data;              // CPU, contiguous, owned by the writer
+    std::filesystem::path spill;  // the spill file holding it since a checkpoint, if any
   };
   struct Shard {
     std::filesystem::path temporary;
@@ -76,6 +94,10 @@ class SafetensorsWriter {
 
   std::filesystem::path temporary_path(size_t shard) const;
   void write_shard();  // the pending tensors, possibly none, as the next shard
+  // Writes `tensors` (sorted here) as one safetensors file; returns its tensor bytes.
+  uint64_t write_file(const std::filesystem::path& path,
+                      const std::string& what,
+                      std::vector<Pending*>& tensors) const;
   void discard() noexcept;
 
   std::filesystem::path directory_;

@@ -8,6 +8,7 @@
 
 #include <moeq/pipeline/calibration.h>
 #include <moeq/pipeline/module_adapter.h>
+#include <moeq/pipeline/stages.h>
 #include <moeq/quant/scheme.h>
 #include <moeq/quant/tensor_quantizer.h>
 #include <moeq/runtime/blocks.h>
@@ -34,6 +35,10 @@ struct TargetRules {
   bool skip_attention = false;
   // Leave shared experts and dense MLPs in high precision.
   bool skip_dense_mlp = false;
+  // A hard-tier plugin's quantization stage: may leave more projections in high precision.
+  const PipelineStages* stages = nullptr;
+  std::shared_ptr<std::set<std::string>> stage_reasons_logged =
+      std::make_shared<std::set<std::string>>();
 
   bool ignored(const std::string& module_name, fn::ProjKind kind, int64_t expert) const;
 };
@@ -94,8 +99,17 @@ class LayerSession {
   fn::Handlers calibration_handlers();
   // Computes scales: observes each weight, shares NVFP4 global scales between gate and up (and
   // q/k/v), marks experts under min_tokens as fallbacks (warning), fake-quantizes the weights.
-  // A NaN or Inf is an error naming the tensor.
+  // A NaN or Inf is an error naming the tensor. Every target keeps its source_weight and
+  // fake_weight.
   void finish_calibration();
+  // The pipeline's lean path, which holds a layer's weights once: each target is handed to
+  // `quantized` as soon as its fake_weight is computed (source_weight still set: export it then)
+  // and its source_weight is dropped afterwards. Stored weights are read from the resident
+  // parameters when they hold the stored values (same dtype), not copied again. With `in_place`,
+  // fake-quantized values then overwrite the layer's resident weights on a device (never a CPU
+  // parameter, which may be a view of the mapped checkpoint): after this the layer computes
+  // quantized even without the override, and the original weights are gone.
+  void finish_calibration(const std::function<void(QuantTarget&)>& quantized, bool in_place);
   // Runs targets with their fake-quantized weights and inputs.
   fn::Handlers quantized_handlers();
 

@@ -2,7 +2,9 @@
 // for each decoder layer load its weights from the mapped checkpoint, attach the adapters, run
 // the calibration activations (observers see them), compute the scales, rerun the layer
 // quantized to produce the next layer's inputs, hand the layer's quantized projections to the
-// exporter and release the layer. Peak memory is one layer plus activations.
+// exporter and release the layer. Peak memory is one layer plus activations: a device layer's
+// weights are held once (each projection's quantized values replace its original ones as soon
+// as it is exported).
 //
 // When evaluation tokens are given, two more streams run alongside, layer by layer: the original
 // model and the quantized one (fake quantization in process), so the end of the run can report
@@ -13,6 +15,7 @@
 #include <moeq/io/hf_config.h>
 #include <moeq/pipeline/calibration.h>
 #include <moeq/pipeline/layer_session.h>
+#include <moeq/pipeline/stages.h>
 #include <moeq/runtime/causal_lm.h>
 
 #include <ATen/core/Tensor.h>
@@ -47,7 +50,13 @@ struct PipelineOptions {
   // the checkpoint instead of copying them through.
   bool drop_excluded = false;
   exporting::ExportOptions export_options;
+  // The stages a hard-tier plugin takes over for this architecture (stages.h); null: defaults.
+  std::shared_ptr<const PipelineStages> stages;
   bool write_checkpoint = true;  // false: calibrate, quantize and evaluate only
+  // With export_options.resumable: after each layer a journal records what a killed run needs to
+  // continue (journal.h), and export_options.resume continues from it. The salt joins the
+  // fingerprint a resumed run must match (the caller's version and settings it alone knows).
+  std::string journal_salt;
   // Called with each quantized projection's fake-quantized weight (its stored dtype's values, in
   // the compute dtype) while its layer is resident: tests compare the engines' decompression
   // against it.
@@ -67,6 +76,7 @@ struct ProjectionResult {
 
 struct LayerResult {
   int64_t index = 0;
+  bool skipped = false;  // the stages skipped it: run in its original precision only
   double seconds = 0.0;
   int64_t tokens = 0;
   std::vector<ExpertCoverage> coverage;
@@ -101,8 +111,11 @@ struct PipelineResult {
   std::vector<std::string> ignored_modules;
 };
 
-// Called as the run goes: a layer started (total batches), a batch finished, a layer finished.
+// Called as the run goes: a layer started (total batches), a batch finished, a layer finished
+// (after the journal recorded it, in a resumable run). A resumed run starts at its first
+// unfinished layer; `resumed` is told how many were done.
 struct PipelineProgress {
+  std::function<void(int64_t layers_done, int64_t num_layers)> resumed;
   std::function<void(int64_t layer, int64_t num_layers, int64_t batches)> layer_begin;
   std::function<void(int64_t batch_done, int64_t tokens_done)> batch_done;
   std::function<void(const LayerResult&)> layer_end;

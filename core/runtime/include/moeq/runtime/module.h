@@ -36,8 +36,12 @@ struct Parameter {
   // Undefined unless resident. It may be a read-only view of the mapped checkpoint: replace it,
   // never write to it in place.
   at::Tensor value;
+  // The dtype the source stored it in, set by load(): when it equals value's dtype, value holds
+  // the stored numbers exactly and quantization can read them without a second copy.
+  c10::ScalarType stored_dtype = c10::ScalarType::Undefined;
 
   bool resident() const { return value.defined(); }
+  bool holds_stored_values() const { return resident() && stored_dtype == value.scalar_type(); }
 };
 
 class Module {

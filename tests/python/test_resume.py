@@ -1,0 +1,142 @@
+"""Journal and resume: `moeq quantize` killed with SIGKILL (after a layer, or in the middle of one
+with shards already written) and resumed with --resume writes the same bytes, file for file, as a
+run that was never interrupted; a killed run never leaves a directory under the final name; the
+journal refuses to continue under other settings, naming the setting and both values.
+"""
+import filecmp
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+
+from test_quantize_cli import MOEQ, _make_model, _write_tokens
+
+LAYERS = 4
+CONFIG = dict(vocab_size=160, hidden_size=128, intermediate_size=256, num_hidden_layers=LAYERS,
+              num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+              num_experts_per_tok=2, max_position_embeddings=256, rms_norm_eps=1e-5)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume_model")
+    _make_model(str(d), "mixtral", CONFIG)
+    _write_tokens(d / "calib.jsonl", CONFIG["vocab_size"], 8, 32, 1)
+    _write_tokens(d / "eval.jsonl", CONFIG["vocab_size"], 4, 24, 2)
+    return d
+
+
+def _recipe(tmp_path, model_dir, output, scheme="W4A16"):
+    # Small shards: several per layer, so that a kill lands between shards and mid-shard.
+    recipe = tmp_path / f"{os.path.basename(output)}-{scheme}.yaml"
+    recipe.write_text(f"""\
+model: {{path: {model_dir}, device: cpu}}
+scheme: {scheme}
+calibration: {{dataset: {model_dir}/calib.jsonl, samples: 8, seq_len: 16, batch_size: 4}}
+evaluation: {{dataset: {model_dir}/eval.jsonl, samples: 4, seq_len: 16, batch_size: 2}}
+export: {{output: {output}, shard_size: 60KB}}
+""")
+    return recipe
+
+
+def _run(recipe, *extra, env=None):
+    return subprocess.run([MOEQ, "quantize", "--config", str(recipe), *extra],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+def _partial(output):
+    return output.parent / f".{output.name}.moeq-partial"
+
+
+def _assert_same_tree(a, b):
+    names_a = sorted(os.listdir(a))
+    names_b = sorted(os.listdir(b))
+    assert names_a == names_b
+    assert sum(n.endswith(".safetensors") for n in names_a) > LAYERS  # several shards
+    for name in names_a:
+        assert filecmp.cmp(a / name, b / name, shallow=False), f"{name} differs"
+
+
+def _report(output):
+    report = json.load(open(f"{output}.report/report.json"))
+    for layer in report["layers"]:
+        layer.pop("seconds", None)
+        layer.pop("tokens_per_second", None)
+    for key in ("seconds", "peak_host_bytes", "peak_device_bytes", "run"):
+        report.pop(key, None)
+    return report
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    out = tmp / "out"
+    proc = _run(_recipe(tmp, model, out))
+    assert proc.returncode == 0, proc.stderr
+    assert not _partial(out).exists()
+    return out
+
+
+@pytest.mark.parametrize("kill", [
+    {"MOEQ_TEST_KILL_AFTER_LAYER": "0"},
+    {"MOEQ_TEST_KILL_AFTER_LAYER": "2"},
+    {"MOEQ_TEST_KILL_AT_MODULE": "model.layers.2.block_sparse_moe.experts.2.w3"},
+], ids=["after-layer-0", "after-layer-2", "mid-layer-2"])
+def test_killed_run_resumes_to_identical_bytes(model, uninterrupted, tmp_path, kill):
+    out = tmp_path / "out"
+    recipe = _recipe(tmp_path, model, out)
+    proc = _run(recipe, env=kill)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not out.exists(), "a killed run left a directory under the final name"
+    assert (_partial(out) / ".journal" / "journal.json").exists()
+
+    # Without --resume the interrupted run is neither continued nor thrown away.
+    again = _run(recipe)
+    assert again.returncode != 0
+    assert "--resume" in again.stderr and str(_partial(out)) in again.stderr, again.stderr
+    assert (_partial(out) / ".journal" / "journal.json").exists()
+
+    resumed = _run(recipe, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    assert not _partial(out).exists()
+    assert not (out / ".journal").exists()
+    _assert_same_tree(uninterrupted, out)
+    assert _report(out) == _report(uninterrupted)
+
+
+def test_resume_under_other_settings_is_refused(model, tmp_path):
+    out = tmp_path / "out"
+    proc = _run(_recipe(tmp_path, model, out), env={"MOEQ_TEST_KILL_AFTER_LAYER": "1"})
+    assert proc.returncode == -signal.SIGKILL
+    other = _run(_recipe(tmp_path, model, out, scheme="W8A16"), "--resume")
+    assert other.returncode != 0
+    assert "scheme" in other.stderr and "--restart" in other.stderr, other.stderr
+    assert (_partial(out) / ".journal" / "journal.json").exists(), "the journal was lost"
+    # --restart discards it and starts over.
+    fresh = _run(_recipe(tmp_path, model, out, scheme="W8A16"), "--restart")
+    assert fresh.returncode == 0, fresh.stderr
+    assert out.exists() and not _partial(out).exists()
+
+
+def test_resume_without_journal_starts_fresh(model, uninterrupted, tmp_path):
+    out = tmp_path / "out"
+    proc = _run(_recipe(tmp_path, model, out), "--resume")
+    assert proc.returncode == 0, proc.stderr
+    _assert_same_tree(uninterrupted, out)
+
+
+def test_truncated_shard_is_named(model, tmp_path):
+    out = tmp_path / "out"
+    recipe = _recipe(tmp_path, model, out)
+    proc = _run(recipe, env={"MOEQ_TEST_KILL_AFTER_LAYER": "2"})
+    assert proc.returncode == -signal.SIGKILL
+    shard = sorted(_partial(out).glob(".model-*.safetensors.tmp"))[0]
+    with open(shard, "r+b") as f:
+        f.truncate(100)
+    resumed = _run(recipe, "--resume")
+    assert resumed.returncode != 0
+    assert shard.name in resumed.stderr and "100 bytes" in resumed.stderr, resumed.stderr
+    assert not out.exists()
