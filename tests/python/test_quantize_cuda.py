@@ -1,0 +1,76 @@
+"""`moeq quantize` on a GPU, where a layer's weights are held once: each projection is quantized
+from the resident weight, exported, and its slot overwritten with the fake-quantized values.
+
+- Weight-only round-to-nearest depends on the stored weights alone, and the CUDA kernels agree
+  with the CPU references bit for bit: so the W4A16 checkpoint written on the GPU (in place) is
+  byte-identical to the one written on the CPU (separate copies), and NVFP4's weight tensors are
+  identical. An export read after its slot was overwritten would differ.
+- The quantized forward on the GPU runs on the fake-quantized weights: its logits agree with the
+  CPU's quantized logits far better than with the original model's.
+"""
+import filecmp
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_quantize_cli import MODELS, MOEQ, _make_model, _write_tokens
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    fixture, config = MODELS["qwen3_moe"]
+    d = tmp_path_factory.mktemp("cuda_model")
+    _make_model(str(d), fixture, config)
+    _write_tokens(d / "calib.jsonl", config["vocab_size"], 8, 32, 1)
+    _write_tokens(d / "eval.jsonl", config["vocab_size"], 4, 24, 2)
+    return d
+
+
+def _run(model_dir, out, device, scheme, *extra):
+    cmd = [MOEQ, "quantize", "--model", str(model_dir), "--output", str(out), "--calibration",
+           str(model_dir / "calib.jsonl"), "--samples", "8", "--seq-len", "16", "--batch-size",
+           "4", "--scheme", scheme, "--device", device, "--dtype", "bfloat16", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_w4a16_export_on_gpu_is_byte_identical_to_cpu(model, tmp_path):
+    _run(model, tmp_path / "cpu", "cpu", "W4A16", "--no-eval")
+    _run(model, tmp_path / "gpu", "cuda", "W4A16", "--no-eval")
+    assert filecmp.cmp(tmp_path / "cpu" / "model.safetensors",
+                       tmp_path / "gpu" / "model.safetensors", shallow=False)
+
+
+def test_nvfp4_weights_on_gpu_equal_cpu(model, tmp_path):
+    _run(model, tmp_path / "cpu", "cpu", "NVFP4", "--no-eval")
+    _run(model, tmp_path / "gpu", "cuda", "NVFP4", "--no-eval")
+    cpu = load_file(str(tmp_path / "cpu" / "model.safetensors"))
+    gpu = load_file(str(tmp_path / "gpu" / "model.safetensors"))
+    assert sorted(cpu) == sorted(gpu)
+    weights = [k for k in cpu if ".weight" in k and "input" not in k]
+    assert any(k.endswith("weight_packed") for k in weights)
+    for k in weights:
+        assert torch.equal(cpu[k].view(torch.uint8) if cpu[k].dtype == torch.float8_e4m3fn
+                           else cpu[k],
+                           gpu[k].view(torch.uint8) if gpu[k].dtype == torch.float8_e4m3fn
+                           else gpu[k]), k
+
+
+def test_quantized_forward_on_gpu_runs_the_fake_weights(model, tmp_path):
+    logits = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        _run(model, out, device, "W4A16", "--eval", str(model / "eval.jsonl"), "--eval-samples",
+             "4", "--eval-seq-len", "16", "--save-eval-logits")
+        logits[device] = load_file(str(out) + ".report/eval_logits.safetensors")
+    cpu, gpu = logits["cpu"], logits["cuda"]
+    quantization_effect = (cpu["logits_quantized"] - cpu["logits_reference"]).abs().max()
+    device_difference = (gpu["logits_quantized"] - cpu["logits_quantized"]).abs().max()
+    assert quantization_effect > 0
+    assert device_difference < 0.25 * quantization_effect, (device_difference,
+                                                            quantization_effect)
