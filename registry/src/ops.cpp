@@ -3,6 +3,8 @@
 //   torch.ops.moeq.run_model(model_dir, input_ids, attention_mask, position_ids, dtype, device,
 //       keep_resident, experts_dispatch) -> (logits, topk_ids[], topk_weights[])
 // experts_dispatch ("", "per_expert", "batched", "grouped") overrides how fused experts run.
+// plugins: when given and not empty, the model is built by a fresh PluginManager that loads only
+// these (names, .so paths, or YAML files of declared models), instead of the in-tree plugins.
 #include <moeq/core/error.h>
 #include <moeq/registry/plugin_manager.h>
 #include <moeq/runtime/causal_lm.h>
@@ -56,7 +58,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> run_mod
     std::optional<at::ScalarType> dtype,
     std::optional<at::Device> device,
     bool keep_resident,
-    const std::string& experts_dispatch) {
+    const std::string& experts_dispatch,
+    const std::optional<std::vector<std::string>>& plugins) {
   // Checked before the model is built, whether or not it has fused experts.
   const auto dispatch =
       experts_dispatch.empty()
@@ -67,11 +70,19 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> run_mod
   options.placement.device = device.value_or(at::kCPU);
   options.keep_resident = keep_resident;
   const auto config = io::HfConfig::load(model_dir);
-  auto& registries = default_plugins().registries();
+  std::unique_ptr<PluginManager> own;
+  if (plugins && !plugins->empty()) {
+    own = std::make_unique<PluginManager>();
+    const auto search_path = plugin_search_path();
+    for (const auto& spec : *plugins) {
+      own->load(spec, search_path);
+    }
+  }
+  auto& registries = own ? own->registries() : default_plugins().registries();
   const auto architecture = config.architecture();
   MOEQ_CHECK(registries.architectures.contains(architecture),
-             "{}: architecture '{}' is not registered by any in-tree plugin", model_dir,
-             architecture);
+             "{}: architecture '{}' is not registered by any {} plugin", model_dir, architecture,
+             own ? "listed" : "in-tree");
   auto builder = registries.architectures.create(architecture);
   auto model =
       builder->build(config, std::make_shared<runtime::CheckpointSource>(model_dir), options);
@@ -96,6 +107,8 @@ TORCH_LIBRARY_FRAGMENT(moeq, m) {
   m.def(
       "run_model(str model_dir, Tensor input_ids, Tensor? attention_mask=None, "
       "Tensor? position_ids=None, ScalarType? dtype=None, Device? device=None, "
-      "bool keep_resident=False, str experts_dispatch=\"\") -> (Tensor, Tensor[], Tensor[])",
+      "bool keep_resident=False, str experts_dispatch=\"\", str[]? plugins=None) -> (Tensor, "
+      "Tensor[], "
+      "Tensor[])",
       &moeq::run_model);
 }

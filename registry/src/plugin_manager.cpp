@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <system_error>
 
+#include "moeq/registry/declared_model.h"
 #include "moeq/registry/plugin_abi.h"
 
 namespace moeq {
@@ -118,7 +119,8 @@ std::vector<fs::path> plugin_search_path(const std::vector<fs::path>& configured
 
 bool is_plugin_path(std::string_view spec) {
   return spec.find('/') != std::string_view::npos ||
-         (spec.size() >= 3 && spec.substr(spec.size() - 3) == ".so");
+         (spec.size() >= 3 && spec.substr(spec.size() - 3) == ".so") ||
+         is_declared_plugin_path(spec);
 }
 
 fs::path find_plugin(std::string_view name, const std::vector<fs::path>& search_path) {
@@ -189,6 +191,10 @@ const LoadedPlugin& PluginManager::load_impl(const fs::path& file, std::string_v
       return *loaded;
     }
   }
+  if (is_declared_plugin_path(path.string())) {
+    return load_declared(path, expected_name);
+  }
+
   auto library = std::make_shared<boost::dll::shared_library>();
   dlerror();  // clear any earlier message
   std::error_code load_error;
@@ -265,6 +271,38 @@ const LoadedPlugin& PluginManager::load_impl(const fs::path& file, std::string_v
   }
   logger_.info("load_plugin: loaded plugin '{}' {} from {} ({} registrations)", name,
                plugin_info.version, path.string(), plugin->records_.size());
+  plugins_.push_back(std::move(plugin));
+  return *plugins_.back();
+}
+
+const LoadedPlugin& PluginManager::load_declared(const fs::path& path,
+                                                 std::string_view expected_name) {
+  // A YAML file of declared models (declared_model.h): no library, the same registries.
+  const DeclaredPlugin declared = load_declared_plugin(path);
+  const std::string& name = declared.name;
+  MOEQ_CHECK(expected_name.empty() || name == expected_name,
+             "plugin file '{}' was found by the name '{}' but declares the name '{}'",
+             path.string(), expected_name, name);
+  for (const auto& loaded : plugins_) {
+    MOEQ_CHECK(loaded->info_.name != name, "plugin '{}' from '{}' is already loaded from '{}'",
+               name, path.string(), loaded->info_.path.string());
+  }
+  auto plugin = std::make_unique<LoadedPlugin>();
+  plugin->info_ = PluginInfo{path, name, declared.version, host_torch_version(),
+                             "declared in YAML, no compiled code"};
+  try {
+    PluginRegistrar registrar(registries_, logger_,
+                              Origin{path.string(), name, declared.version, {}, 0}, nullptr,
+                              plugin->handles_, plugin->records_);
+    register_declared_plugin(declared, registrar);
+  } catch (const Error& e) {
+    // `plugin` goes out of scope: its handles remove what it registered.
+    detail::throw_error(e.file(), e.line(),
+                        fmt::format("while registering plugin '{}' from '{}': {}", name,
+                                    path.string(), e.message()));
+  }
+  logger_.info("load_plugin: loaded declared plugin '{}' {} from {} ({} registrations)", name,
+               declared.version, path.string(), plugin->records_.size());
   plugins_.push_back(std::move(plugin));
   return *plugins_.back();
 }

@@ -69,7 +69,8 @@ std::filesystem::path default_plugin_dir();
 // the entries of $MOEQ_PLUGIN_PATH (':'-separated), then default_plugin_dir().
 std::vector<std::filesystem::path> plugin_search_path(
     const std::vector<std::filesystem::path>& configured = {});
-// True when `spec` names a file (contains '/' or ends in ".so"), false when it is a plugin name.
+// True when `spec` names a file (contains '/', ends in ".so", or in ".yaml"/".yml": a declared
+// plugin, declared_model.h), false when it is a plugin name.
 bool is_plugin_path(std::string_view spec);
 // The first libmoeq_plugin_<name>.so on `search_path`; an error listing the directories if none.
 std::filesystem::path find_plugin(std::string_view name,
@@ -92,7 +93,8 @@ class BOOST_SYMBOL_VISIBLE PluginManager {
   const Registries& registries() const { return registries_; }
   Logger& logger() const { return logger_; }
 
-  // Loads the plugin at `file` and runs its registration. Loading a file that is already loaded
+  // Loads the plugin at `file` and runs its registration (a .yaml/.yml file: the models it
+  // declares, declared_model.h). Loading a file that is already loaded
   // returns the plugin loaded before; another file with an already loaded plugin name is an error.
   const LoadedPlugin& load_file(const std::filesystem::path& file);
   // `spec` is a path (see is_plugin_path) or a plugin name looked up on `search_path`.
@@ -105,6 +107,9 @@ class BOOST_SYMBOL_VISIBLE PluginManager {
  private:
   // `expected_name`: the name the file was found by, checked before registration; empty for none.
   const LoadedPlugin& load_impl(const std::filesystem::path& file, std::string_view expected_name);
+  // A YAML file of declared models: registered like a plugin, without a library.
+  const LoadedPlugin& load_declared(const std::filesystem::path& file,
+                                    std::string_view expected_name);
 
   Logger& logger_;
   Registries registries_;  // declared before plugins_, so plugins deregister before it goes
