@@ -267,6 +267,13 @@ void check_pattern(const ConfigNode& at, const std::string& text, bool with_expe
   if (!text.starts_with(kLayerPrefix)) {
     at.fail(fmt::format("'{}' must start with '{}' (the decoder layer)", text, kLayerPrefix));
   }
+  const std::string rest = replace_all(replace_all(text, kLayer, ""), kExpert, "");
+  if (const auto open = rest.find_first_of("{}"); open != std::string::npos) {
+    const auto close = rest.find('}', open);
+    at.fail(fmt::format("'{}': unknown placeholder '{}' (patterns know {{layer}} and {{expert}})",
+                        text,
+                        rest.substr(open, close == std::string::npos ? 1 : close - open + 1)));
+  }
   if (count(text, kLayer) != 1) {
     at.fail(fmt::format("'{}' must contain {{layer}} exactly once", text));
   }
@@ -276,13 +283,6 @@ void check_pattern(const ConfigNode& at, const std::string& text, bool with_expe
   }
   if (!with_expert && experts != 0) {
     at.fail(fmt::format("'{}' is not per expert: {{expert}} is not allowed here", text));
-  }
-  const std::string rest = replace_all(replace_all(text, kLayer, ""), kExpert, "");
-  if (const auto open = rest.find_first_of("{}"); open != std::string::npos) {
-    const auto close = rest.find('}', open);
-    at.fail(fmt::format("'{}': unknown placeholder '{}' (patterns know {{layer}} and {{expert}})",
-                        text,
-                        rest.substr(open, close == std::string::npos ? 1 : close - open + 1)));
   }
 }
 

@@ -1,0 +1,295 @@
+"""Models declared in YAML (the easy tier without compiled code, registry/declared_model.h).
+
+tools/recipes/models/glm4_moe.yaml declares Glm4MoeForCausalLM. On the tiny GLM-4.5 fixture
+(tools/fixtures/make_tiny_glm4_minimax.py) the declared model and the compiled plugin
+plugins/glm4_moe give bit-identical fp32 CPU logits and routing, both match transformers 5.17.0,
+and `moeq quantize` writes byte-identical checkpoints with either. Malformed stanzas fail with the
+file, line, column, key path and the bad value.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_glm4_minimax import MOE_LAYERS, _calibration, _parity, tiny_models  # noqa: F401
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BUILD = os.environ.get("MOEQ_BUILD_DIR", os.path.join(ROOT, "build"))
+if not os.path.isabs(BUILD):
+    BUILD = os.path.join(ROOT, BUILD)
+MOEQ = os.path.join(BUILD, "tools", "cli", "moeq")
+GLM_YAML = os.path.join(ROOT, "tools", "recipes", "models", "glm4_moe.yaml")
+GLM_TEXT = open(GLM_YAML).read()
+
+
+@pytest.fixture(scope="module")
+def ops():
+    torch.ops.load_library(os.path.join(BUILD, "kernels", "libmoeq_kernels.so"))
+    torch.ops.load_library(os.path.join(BUILD, "registry", "libmoeq_registry.so"))
+    return torch.ops.moeq
+
+
+def _run(ops, model_dir, ref, b, plugins):
+    return ops.run_model(model_dir, ref[f"input_ids_{b}"], ref.get(f"attention_mask_{b}"),
+                         ref.get(f"position_ids_{b}"), torch.float32, None, False, "", plugins)
+
+
+def test_declared_glm4_equals_the_compiled_plugin_bit_for_bit(tiny_models, ops):
+    d = os.path.join(tiny_models, "glm4_moe")
+    ref = load_file(os.path.join(d, "reference.safetensors"))
+    b = 0
+    while f"input_ids_{b}" in ref:
+        declared = _run(ops, d, ref, b, [GLM_YAML])
+        compiled = _run(ops, d, ref, b, ["glm4_moe"])
+        assert torch.equal(declared[0], compiled[0]), f"batch {b}: logits differ"
+        assert len(declared[1]) == len(compiled[1]) == len(MOE_LAYERS["glm4_moe"])
+        for x, y in zip(declared[1], compiled[1]):
+            assert torch.equal(x, y), f"batch {b}: expert choices differ"
+        for x, y in zip(declared[2], compiled[2]):
+            assert torch.equal(x, y), f"batch {b}: routing weights differ"
+        b += 1
+    assert b >= 3
+
+
+def test_declared_glm4_matches_transformers(tiny_models, ops):
+    d = os.path.join(tiny_models, "glm4_moe")
+    ref = load_file(os.path.join(d, "reference.safetensors"))
+
+    class Declared:  # _parity's ops, with the declared model as the only plugin
+        @staticmethod
+        def run_model(*args):
+            return ops.run_model(*args, [GLM_YAML])
+    worst = _parity(Declared, d, ref, MOE_LAYERS["glm4_moe"])
+    print(f"declared glm4_moe: max relative logit error {worst:.3g}")
+    assert worst <= 1e-4
+
+
+def _quantize(model_dir, output, calib, plugin):
+    cmd = [MOEQ, "quantize", "--model", str(model_dir), "--output", str(output), "--calibration",
+           str(calib), "--samples", "8", "--seq-len", "16", "--batch-size", "4", "--device", "cpu",
+           "--no-eval", "--scheme", "W8A8-FP8-DYNAMIC", "--plugin", plugin]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_quantize_with_the_declared_model_is_byte_identical(tiny_models, tmp_path):
+    calib = tmp_path / "calib.jsonl"
+    _calibration(calib)
+    model = os.path.join(tiny_models, "glm4_moe")
+    _quantize(model, tmp_path / "declared", calib, GLM_YAML)
+    _quantize(model, tmp_path / "compiled", calib, "glm4_moe")
+    files = sorted(os.listdir(tmp_path / "declared"))
+    assert files == sorted(os.listdir(tmp_path / "compiled"))
+    assert "model.safetensors" in files and "config.json" in files
+    for f in files:
+        a = (tmp_path / "declared" / f).read_bytes()
+        assert a == (tmp_path / "compiled" / f).read_bytes(), f
+    out = load_file(str(tmp_path / "declared" / "model.safetensors"))
+    assert out["model.layers.2.mlp.experts.7.down_proj.weight"].dtype == torch.float8_e4m3fn
+    assert out["model.layers.3.eh_proj.weight"].dtype == torch.bfloat16  # MTP copied through
+
+
+def test_recipe_lists_the_yaml_and_plugins_shows_its_origin(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    shutil.copy(GLM_YAML, tmp_path / "glm.yaml")
+    recipe.write_text("plugins: [glm.yaml]\n")
+    proc = subprocess.run([MOEQ, "plugins", "--config", str(recipe)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "glm4_moe_declared" in proc.stdout
+    line = GLM_TEXT.splitlines().index("  - architecture: Glm4MoeForCausalLM") + 1
+    assert f"glm.yaml:{line}" in proc.stdout, proc.stdout
+    assert "Glm4MoeForCausalLM" in proc.stdout and "Glm4MoeMoE" in proc.stdout
+
+
+def test_inspect_claims_the_declared_block(tiny_models):
+    proc = subprocess.run([MOEQ, "inspect", os.path.join(tiny_models, "glm4_moe"), "--plugin",
+                           GLM_YAML, "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert {(c["type"], c["tier"], c["experts"]) for c in out["claimed"]} == {
+        ("Glm4MoeMoE", "easy", 8)}
+
+
+def test_both_ways_at_once_is_a_duplicate(tiny_models, ops):
+    d = os.path.join(tiny_models, "glm4_moe")
+    with pytest.raises(RuntimeError, match=r"architecture 'Glm4MoeForCausalLM' is already "
+                                           r"registered by plugin 'glm4_moe'.*glm4_moe\.yaml:9\)"):
+        ops.run_model(d, torch.ones(1, 4, dtype=torch.long), None, None, torch.float32, None,
+                      False, "", ["glm4_moe", GLM_YAML])
+
+
+# ---- malformed stanzas: file:line:col, key path, bad value --------------------------------------
+
+def _edit(old, new, count=1):
+    assert GLM_TEXT.count(old) >= count, old
+    return GLM_TEXT.replace(old, new, count)
+
+
+def _where(text, needle):
+    """1-based line and column of `needle` in `text`."""
+    for i, line in enumerate(text.splitlines()):
+        if needle in line:
+            return i + 1, line.index(needle) + 1
+    raise AssertionError(needle)
+
+
+EXPERT_GATE = "model.layers.{layer}.mlp.experts.{expert}.gate_proj.weight"
+BAD_STANZAS = [
+    # (id, edited text, the bad value's text to locate, key path, message)
+    ("kind", _edit("kind: sigmoid_topk", "kind: sigmoid_top"), "sigmoid_top",
+     "models[0].router.kind",
+     "expected one of 'softmax_topk', 'sigmoid_topk', got 'sigmoid_top' (did you mean "
+     "'sigmoid_topk'?)"),
+    ("unknown key", _edit("    moe_layers:", "    moe_layer:"), "moe_layer:", "models[0]",
+     "unknown key"),
+    ("literal type", _edit("norm_eps: 1e-20", "norm_eps: tiny"), "tiny",
+     "models[0].router.norm_eps", "expected a number, got 'tiny'"),
+    ("literal range", _edit("count: {config: n_shared_experts, default: 1}", "count: -1"), "-1",
+     "models[0].shared_experts.count", "expected a value >= 0, got -1"),
+    ("default type", _edit("n_group: {config: n_group, default: 1}",
+                           "n_group: {config: n_group, default: two}"), "two",
+     "models[0].router.n_group.default", "expected an integer, got 'two'"),
+    ("config missing", _edit("n_group: {config: n_group, default: 1}", "n_group: {default: 1}"),
+     "{default: 1}", "models[0].router.n_group", "missing required field 'config'"),
+    ("config not a key", _edit("top_k: {config: num_experts_per_tok}", "top_k: {config: []}"),
+     "[]", "models[0].router.top_k.config",
+     "expected a config.json key or a non-empty list of keys"),
+    ("activation", _edit("    excluded_layers:", "    activation: gelu\n    excluded_layers:"),
+     "gelu", "models[0].activation", "expected one of 'silu', got 'gelu'"),
+    ("option of the other kind",
+     _edit("kind: sigmoid_topk", "kind: softmax_topk"), "{config: n_group, default: 1}",
+     "models[0].router.n_group",
+     "only used with kind 'sigmoid_topk' (kind is 'softmax_topk')"),
+    ("router bias missing", _edit(
+        "      router_bias: model.layers.{layer}.mlp.gate.e_score_correction_bias\n", ""),
+     "router: model.layers", "models[0].tensors",
+     "missing required field 'router_bias' (router kind 'sigmoid_topk' reads a score-correction "
+     "bias)"),
+    ("no {expert}", _edit(EXPERT_GATE, "model.layers.{layer}.mlp.experts.gate_proj.weight"),
+     "model.layers.{layer}.mlp.experts.gate_proj.weight", "models[0].tensors.experts.gate",
+     "'model.layers.{layer}.mlp.experts.gate_proj.weight' must contain {expert} exactly once"),
+    ("unknown placeholder", _edit(EXPERT_GATE, "model.layers.{layer}.mlp.experts.{e}.gate_proj"
+                                               ".weight"),
+     "model.layers.{layer}.mlp.experts.{e}", "models[0].tensors.experts.gate",
+     "unknown placeholder '{e}' (patterns know {layer} and {expert})"),
+    ("not under a layer", _edit("router: model.layers.{layer}.mlp.gate.weight",
+                                "router: layers.{layer}.mlp.gate.weight"),
+     "layers.{layer}.mlp.gate.weight", "models[0].tensors.router",
+     "'layers.{layer}.mlp.gate.weight' must start with 'model.layers.{layer}.'"),
+    ("not a weight", _edit("router: model.layers.{layer}.mlp.gate.weight",
+                           "router: model.layers.{layer}.mlp.gate"),
+     "model.layers.{layer}.mlp.gate\n", "models[0].tensors.router",
+     "'model.layers.{layer}.mlp.gate' must be the router's tensor name ending in '.weight'"),
+    ("router outside the block", _edit("router: model.layers.{layer}.mlp.gate.weight",
+                                       "router: model.layers.{layer}.gate.weight"),
+     "model.layers.{layer}.gate.weight", "models[0].tensors.router",
+     "the router must be inside the MoE block"),
+    ("projections apart", _edit("up: model.layers.{layer}.mlp.experts.{expert}.up_proj.weight",
+                                "up: model.layers.{layer}.mlp.expert.{expert}.up_proj.weight"),
+     "model.layers.{layer}.mlp.expert.{expert}", "models[0].tensors.experts.up",
+     "is not under the same module as models[0].tensors.experts.gate "
+     "('model.layers.{layer}.mlp.experts')"),
+    ("expert in a shared name", _edit("gate: model.layers.{layer}.mlp.shared_experts.gate_proj",
+                                      "gate: model.layers.{layer}.mlp.shared_experts.{expert}."
+                                      "gate_proj"),
+     "model.layers.{layer}.mlp.shared_experts.{expert}", "models[0].tensors.shared_experts.gate",
+     "is not per expert: {expert} is not allowed here"),
+    ("shared gate name", _edit("      dense_mlp:\n        gate:",
+                               "      shared_expert_gate: model.layers.{layer}.mlp.gate2.weight\n"
+                               "      dense_mlp:\n        gate:"),
+     "model.layers.{layer}.mlp.gate2.weight", "models[0].tensors.shared_expert_gate",
+     "must be 'model.layers.{layer}.mlp.shared_experts_gate.weight'"),
+    ("plugin name", _edit("name: glm4_moe_declared", "name: glm4-moe"), "glm4-moe", "name",
+     "expected a plugin name (letters, digits and '_'), got 'glm4-moe'"),
+]
+
+
+@pytest.mark.parametrize("text,needle,path,message", [c[1:] for c in BAD_STANZAS],
+                         ids=[c[0] for c in BAD_STANZAS])
+def test_malformed_stanza_names_file_line_column_key_and_value(tiny_models, tmp_path, ops, text,
+                                                               needle, path, message):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    line, col = _where(text, needle.rstrip("\n"))
+    with pytest.raises(RuntimeError) as e:
+        ops.run_model(os.path.join(tiny_models, "glm4_moe"), torch.ones(1, 4, dtype=torch.long),
+                      None, None, torch.float32, None, False, "", [str(f)])
+    got = str(e.value)
+    if path == "models[0]":  # an unknown key is reported at the key
+        assert re.search(rf"bad\.yaml:{line}:\d+: {re.escape(path)}", got), got
+    else:
+        assert f"bad.yaml:{line}:{col}: {path}: " in got, got
+    assert message in got, got
+
+
+def test_no_models(tiny_models, tmp_path, ops):
+    f = tmp_path / "empty.yaml"
+    f.write_text("name: nothing\nmodels: []\n")
+    with pytest.raises(RuntimeError, match=r"empty\.yaml:2:9: models: declares no models"):
+        ops.run_model(os.path.join(tiny_models, "glm4_moe"), torch.ones(1, 4, dtype=torch.long),
+                      None, None, torch.float32, None, False, "", [str(f)])
+
+
+def test_recipe_error_says_where_the_recipe_lists_the_file(tmp_path):
+    (tmp_path / "glm.yaml").write_text(_edit("kind: sigmoid_topk", "kind: sigmoid_top"))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("plugins:\n  - glm.yaml\n")
+    proc = subprocess.run([MOEQ, "plugins", "--config", str(recipe)], capture_output=True,
+                          text=True)
+    assert proc.returncode != 0
+    line, col = _where(GLM_TEXT, "sigmoid_topk")
+    assert re.search(rf"recipe\.yaml:2:5: plugins\[0\]: .*glm\.yaml:{line}:{col}: "
+                     r"models\[0\]\.router\.kind: expected one of", proc.stderr), proc.stderr
+
+
+# ---- errors found when the model is built from config.json ---------------------------------------
+
+def _copy_glm(tiny_models, dst, edit):
+    src = os.path.join(tiny_models, "glm4_moe")
+    os.makedirs(dst)
+    config = json.load(open(os.path.join(src, "config.json")))
+    edit(config)
+    json.dump(config, open(os.path.join(dst, "config.json"), "w"))
+    shutil.copy(os.path.join(src, "model.safetensors"), dst)
+    return dst
+
+
+@pytest.mark.parametrize("edit,needle,path,message", [
+    (lambda c: c.pop("moe_intermediate_size"), "intermediate_size: {config: moe_intermediate_size}",
+     "models[0].experts.intermediate_size",
+     "has none of the keys 'moe_intermediate_size' and no default is declared"),
+    (lambda c: c.update(first_k_dense_replace=5), "first: {config: first_k_dense_replace",
+     "models[0].moe_layers.first",
+     "config key 'first_k_dense_replace' must be in [0, num_hidden_layers 3], got 5"),
+    (lambda c: c.update(hidden_act="gelu"), None, "models[0].activation",
+     "activation 'gelu' (from config key 'hidden_act') is not supported (supported: silu)"),
+], ids=["missing key", "out of range", "activation"])
+def test_build_errors_name_the_stanza_and_the_config_key(tiny_models, ops, tmp_path, edit, needle,
+                                                         path, message):
+    d = _copy_glm(tiny_models, str(tmp_path / "m"), edit)
+    with pytest.raises(RuntimeError) as e:
+        ops.run_model(d, torch.ones(1, 4, dtype=torch.long), None, None, torch.float32, None,
+                      False, "", [GLM_YAML])
+    got = str(e.value)
+    assert "model 'Glm4MoeForCausalLM' declared at " in got, got
+    if needle:
+        line, col = _where(GLM_TEXT, needle)
+        col += needle.index("{")
+        assert f"glm4_moe.yaml:{line}:{col}: {path}: " in got, got
+    else:
+        assert f"{path}: " in got, got
+    assert message in got, got
+
+
+def test_grouped_router_check_reaches_the_declared_model(tiny_models, ops, tmp_path):
+    d = _copy_glm(tiny_models, str(tmp_path / "m"), lambda c: c.update(n_group=3))
+    with pytest.raises(RuntimeError, match="n_group 3 must divide n_routed_experts 8"):
+        ops.run_model(d, torch.ones(1, 4, dtype=torch.long), None, None, torch.float32, None,
+                      False, "", [GLM_YAML])
