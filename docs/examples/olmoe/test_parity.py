@@ -222,7 +222,8 @@ def remote_code_files(out_dir):
                       ("." + m.group(1) if m.group(1) else "") + " import", text, flags=re.M)
         if fname.startswith("modeling"):
             edits = [("\nclass OlmoeTopKRouter(nn.Module):", PER_EXPERT_MODULES),
-                     ("self.experts = OlmoeExperts(config)", "self.experts = OlmoeHubExperts(config)")]
+                     ("self.experts = OlmoeExperts(config)",
+                      "self.experts = OlmoeHubExperts(config)")]
             for old, new in edits:
                 if text.count(old) != 1:
                     fail(f"{fname}: expected '{old.strip()}' once; the modeling file changed")
