@@ -357,6 +357,8 @@ void Recipe::require(std::initializer_list<std::string_view> sections,
       present = calibration.has_value();
     } else if (section == "export") {
       present = export_config.has_value();
+    } else if (section == "evaluation") {
+      present = evaluation.has_value();
     } else {
       MOEQ_INTERNAL_ASSERT(false, "Recipe::require: unknown section '{}'", section);
     }

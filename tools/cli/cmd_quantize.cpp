@@ -27,42 +27,12 @@
 #include "moeq/quant/scheme.h"
 #include "moeq/registry/config.h"
 #include "moeq/registry/plugin_manager.h"
+#include "quantize_flags.h"
 
 namespace moeq::cli {
 namespace {
 
 namespace fs = std::filesystem;
-
-struct QuantizeFlags {
-  std::string config;
-  std::string model;
-  std::string scheme;
-  std::string output;
-  std::string format;
-  std::string device;
-  std::string dtype;
-  std::string calibration;
-  std::optional<int64_t> samples;
-  std::optional<int64_t> seq_len;
-  std::optional<int64_t> batch_size;
-  std::optional<int64_t> seed;
-  std::string mode;
-  std::optional<double> ratio;
-  std::optional<int64_t> min_tokens;
-  std::string eval;
-  std::optional<int64_t> eval_samples;
-  std::optional<int64_t> eval_seq_len;
-  bool no_eval = false;
-  std::vector<std::string> ignore;
-  bool skip_attention = false;
-  bool overwrite = false;
-  bool resume = false;
-  bool restart = false;
-  std::string report;
-  bool save_eval_logits = false;
-  bool save_fake_weights = false;
-  std::vector<std::string> plugins;
-};
 
 // YAML (the recipe's scheme map) -> JSON (compressed-tensors' QuantizationScheme fields).
 nlohmann::json to_json(const YAML::Node& node) {
@@ -253,9 +223,15 @@ Recipe merged_recipe(const QuantizeFlags& flags) {
     recipe.scheme =
         ConfigNode{YAML::Node(flags.scheme), "<command line>", "scheme", YAML::Mark::null_mark()};
   }
-  recipe.require({"model", "scheme", "calibration", "export"}, "moeq quantize");
+  if (flags.evaluate_only) {
+    recipe.require({"model", "scheme", "calibration", "evaluation"}, "moeq eval");
+  } else {
+    recipe.require({"model", "scheme", "calibration", "export"}, "moeq quantize");
+  }
   return recipe;
 }
+
+}  // namespace
 
 int run_quantize(const QuantizeFlags& flags) {
   const Recipe recipe = merged_recipe(flags);
@@ -331,7 +307,8 @@ int run_quantize(const QuantizeFlags& flags) {
     evaluation = pipeline::load_calibration_data(eval_options, tokenizer.get());
     options.eval_batches = evaluation->batches;
   }
-  const auto& ex = *recipe.export_config;
+  const ExportConfig ex = recipe.export_config.value_or(ExportConfig{});
+  options.write_checkpoint = !flags.evaluate_only;
   options.export_options.format = ex.format;
   options.export_options.model_dir = model_dir;
   options.export_options.output = ex.output;
@@ -344,8 +321,9 @@ int run_quantize(const QuantizeFlags& flags) {
   options.export_options.shard_size = ex.shard_size;
   options.export_options.scheme = scheme.scheme;
   options.export_options.scheme_name = scheme.name;
-  const fs::path report_dir =
-      ex.report.empty() ? fs::path(ex.output.string() + ".report") : ex.report;
+  const fs::path report_dir = flags.evaluate_only ? fs::absolute(flags.report)
+                              : ex.report.empty() ? fs::path(ex.output.string() + ".report")
+                                                  : ex.report;
   std::unique_ptr<io::SafetensorsWriter> fake_writer;
   if (flags.save_fake_weights) {
     fs::create_directories(report_dir);
@@ -373,10 +351,12 @@ int run_quantize(const QuantizeFlags& flags) {
   logger().info(
       "quantizing {} ({}) with {} to {} ({}), calibrating on {} ({} sequences x {} "
       "tokens, mode {}) on {} in {}",
-      model_dir.string(), architecture, scheme.name, ex.output.string(),
-      exporting::to_string(ex.format), recipe.calibration->dataset.string(),
-      calibration.batches.empty() ? 0 : calibration.samples, calib_options.seq_len,
-      to_string(options.calibration.mode), device.str(), c10::toString(dtype));
+      model_dir.string(), architecture, scheme.name,
+      flags.evaluate_only ? std::string("memory (moeq eval)") : ex.output.string(),
+      flags.evaluate_only ? "fake quantization" : exporting::to_string(ex.format),
+      recipe.calibration->dataset.string(), calibration.batches.empty() ? 0 : calibration.samples,
+      calib_options.seq_len, to_string(options.calibration.mode), device.str(),
+      c10::toString(dtype));
 
   pipeline::Pipeline pipe(
       options,
@@ -421,7 +401,8 @@ int run_quantize(const QuantizeFlags& flags) {
   pipeline::RunInfo info;
   info.model = model_dir.string();
   info.scheme = scheme.name;
-  info.format = std::string(exporting::to_string(ex.format));
+  info.format = flags.evaluate_only ? std::string("fake quantization (no export)")
+                                    : std::string(exporting::to_string(ex.format));
   info.device = device.str();
   info.dtype = c10::toString(dtype);
   info.calibration = recipe.calibration->dataset.string();
@@ -453,8 +434,6 @@ int run_quantize(const QuantizeFlags& flags) {
   std::printf("report: %s\n", (report_dir / "report.html").string().c_str());
   return 0;
 }
-
-}  // namespace
 
 Command add_quantize_command(CLI::App& app) {
   auto f = std::make_shared<QuantizeFlags>();

@@ -29,4 +29,11 @@ Command add_inspect_command(CLI::App& app);
 // moeq quantize [--config FILE] [--model DIR] [--scheme S] [--output DIR] ... : the pipeline.
 Command add_quantize_command(CLI::App& app);
 
+// moeq eval --model DIR (--quantized DIR | --scheme S) --eval FILE ... : KL divergence and the
+// other comparisons of a quantized model with its original.
+Command add_eval_command(CLI::App& app);
+
+// moeq config-reference: every recipe key (docs/configuration.md is its output).
+Command add_config_reference_command(CLI::App& app);
+
 }  // namespace moeq::cli

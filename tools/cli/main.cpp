@@ -20,10 +20,9 @@ int run(int argc, char** argv) {
 
   // The subcommands, in the order `moeq --help` lists them.
   const std::vector<moeq::cli::Command> commands = {
-      moeq::cli::add_quantize_command(app),
-      moeq::cli::add_inspect_command(app),
-      moeq::cli::add_formats_command(app),
-      moeq::cli::add_plugins_command(app),
+      moeq::cli::add_quantize_command(app),         moeq::cli::add_eval_command(app),
+      moeq::cli::add_config_reference_command(app), moeq::cli::add_inspect_command(app),
+      moeq::cli::add_formats_command(app),          moeq::cli::add_plugins_command(app),
   };
 
   try {

@@ -15,6 +15,7 @@
 #include <optional>
 #include <set>
 
+#include "eval_metrics.h"
 #include "journal.h"
 
 namespace moeq::pipeline {
@@ -56,39 +57,11 @@ std::string_view kind_name(fn::ProjKind kind) {
   return "other";
 }
 
-double relative_rms(const at::Tensor& approx, const at::Tensor& exact) {
-  const double denom = exact.to(at::kDouble).norm().item<double>();
-  const double num = (approx.to(at::kDouble) - exact.to(at::kDouble)).norm().item<double>();
-  return denom > 0.0 ? num / denom : num;
-}
-
 // Activations between layers: on the compute device, or parked on the host.
 struct Stream {
   std::vector<at::Tensor> hidden;
   std::vector<runtime::ForwardContext> contexts;
 };
-
-double sorted_quantile(const at::Tensor& sorted, double q) {
-  const auto n = sorted.numel();
-  if (n == 0) {
-    return 0.0;
-  }
-  const auto i =
-      std::min<int64_t>(n - 1, static_cast<int64_t>(q * static_cast<double>(n - 1) + 0.5));
-  return sorted[i].item<double>();
-}
-
-// Cross-entropy of next-token predictions: logits [N, S, V], ids [N, S]; sums nats and counts.
-std::pair<double, int64_t> next_token_nll(const at::Tensor& logits, const at::Tensor& ids) {
-  if (logits.size(1) < 2) {
-    return {0.0, 0};
-  }
-  const auto v = logits.size(-1);
-  auto pred = logits.narrow(1, 0, logits.size(1) - 1).reshape({-1, v}).to(at::kFloat);
-  auto target = ids.narrow(1, 1, ids.size(1) - 1).reshape(-1).to(pred.device(), at::kLong);
-  auto nll = at::cross_entropy_loss(pred, target, /*weight=*/{}, at::Reduction::Sum);
-  return {nll.item<double>(), target.numel()};
-}
 
 }  // namespace
 
@@ -397,46 +370,12 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
 
   // Evaluation: both streams through the final norm and the head.
   if (evaluate) {
-    EvalResult ev;
-    std::vector<at::Tensor> kls;
-    double nll_ref = 0.0;
-    double nll_quant = 0.0;
-    int64_t count = 0;
-    int64_t agree = 0;
-    std::vector<at::Tensor> keep_ref;
-    std::vector<at::Tensor> keep_quant;
+    detail::LogitsComparison comparison(keep_eval_logits_);
     for (size_t b = 0; b < eval_ref.hidden.size(); ++b) {
-      const auto ref_logits = model->head(unpark(eval_ref.hidden[b])).to(at::kFloat);
-      const auto quant_logits = model->head(unpark(eval_quant.hidden[b])).to(at::kFloat);
-      kls.push_back(kl_divergence(ref_logits, quant_logits).reshape(-1).to(at::kCPU, at::kDouble));
-      const auto& ids = options_.eval_batches[b];
-      const auto [r, n] = next_token_nll(ref_logits, ids);
-      const auto [q, n2] = next_token_nll(quant_logits, ids);
-      nll_ref += r;
-      nll_quant += q;
-      count += n;
-      agree += (ref_logits.argmax(-1) == quant_logits.argmax(-1)).sum().item<int64_t>();
-      ev.tokens += ids.numel();
-      if (keep_eval_logits_) {
-        keep_ref.push_back(ref_logits.to(at::kCPU));
-        keep_quant.push_back(quant_logits.to(at::kCPU));
-      }
+      comparison.add(model->head(unpark(eval_ref.hidden[b])),
+                     model->head(unpark(eval_quant.hidden[b])), options_.eval_batches[b]);
     }
-    const auto all = std::get<0>(at::sort(at::cat(kls)));
-    ev.kl_mean = all.mean().item<double>();
-    ev.kl_p50 = sorted_quantile(all, 0.50);
-    ev.kl_p90 = sorted_quantile(all, 0.90);
-    ev.kl_p99 = sorted_quantile(all, 0.99);
-    ev.kl_max = all.numel() > 0 ? all[-1].item<double>() : 0.0;
-    ev.ppl_reference = count > 0 ? std::exp(nll_ref / static_cast<double>(count)) : 0.0;
-    ev.ppl_quantized = count > 0 ? std::exp(nll_quant / static_cast<double>(count)) : 0.0;
-    ev.top1_agreement =
-        ev.tokens > 0 ? static_cast<double>(agree) / static_cast<double>(ev.tokens) : 0.0;
-    if (keep_eval_logits_) {
-      ev.logits_reference = at::cat(keep_ref);
-      ev.logits_quantized = at::cat(keep_quant);
-    }
-    result.eval = std::move(ev);
+    result.eval = comparison.finish();
   }
 
   // Modules left in high precision: every projection not quantized, and the routers. Every

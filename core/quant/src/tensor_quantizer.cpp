@@ -177,7 +177,17 @@ void TensorQuantizer::share_global_amax(const at::Tensor& amax) {
   shared_global_amax_ = amax.to(at::kFloat);
 }
 
+void TensorQuantizer::load_qparams(QParams qparams) {
+  MOEQ_CHECK(role_ != TensorRole::kWeight && args_.dynamic != DynamicMode::kDynamic,
+             "{} '{}': only static or locally dynamic activation scales are loaded",
+             to_string(role_), tensor_name_);
+  loaded_ = std::move(qparams);
+}
+
 QParams TensorQuantizer::qparams() const {
+  if (loaded_) {
+    return *loaded_;
+  }
   MOEQ_CHECK(calibrated(), "{} '{}' has no statistics: observe it before quantizing",
              to_string(role_), tensor_name_);
   const at::ScalarType dtype = observer_->observed_dtype();

@@ -11,6 +11,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -44,7 +45,10 @@ class TensorQuantizer {
 
   // Calibration: folds x into the statistics (nothing for dynamic args).
   void observe(const at::Tensor& x);
-  bool calibrated() const { return observer_ && observer_->has_statistics(); }
+  bool calibrated() const { return loaded_ || (observer_ && observer_->has_statistics()); }
+  // Scales as a checkpoint stores them (moeq eval reading an export's input_scale or
+  // input_global_scale): qparams() returns these from now on, no statistics needed.
+  void load_qparams(QParams qparams);
 
   // NVFP4 (tensor_group): the amax of the global scale, [..., 1, 1] float32. share_global_amax
   // replaces it with one shared by fused layers (gate/up), see fuse_global_scale.
@@ -79,6 +83,7 @@ class TensorQuantizer {
   std::string tensor_name_;
   std::unique_ptr<Observer> observer_;
   at::Tensor shared_global_amax_;
+  std::optional<QParams> loaded_;
 };
 
 // The weight `format` stored, back as a float tensor of `out_dtype` (compressed-tensors'
