@@ -31,7 +31,8 @@ std::shared_ptr<const Schema> model_schema() {
                     .type = FieldType::kString,
                     .default_value = std::string("auto"),
                     .choices = {"auto", "bfloat16", "float16", "float32"},
-                    .doc = "compute dtype for calibration; auto: the checkpoint's torch_dtype"},
+                    .doc = "compute dtype for calibration; auto: bfloat16 on CUDA, float32 on the "
+                           "CPU"},
                    {.name = "device",
                     .type = FieldType::kString,
                     .default_value = std::string("auto"),

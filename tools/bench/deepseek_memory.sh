@@ -16,7 +16,9 @@ PY
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$out/deepseek_memory.csv" &
 smi=$!
 trap 'kill $smi 2>/dev/null || true' EXIT
-/usr/bin/time -v "$build/tools/cli/moeq" quantize --model "$model" --output /tmp/deepseek_q \
+# Expandable segments: freed blocks are returned to the pool without fragmentation, so the sampled
+# memory in use tracks what the run needs rather than what the caching allocator kept.
+PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True /usr/bin/time -v "$build/tools/cli/moeq" quantize --model "$model" --output /tmp/deepseek_q \
   --scheme "$scheme" --calibration /tmp/deepseek_calib.jsonl --samples 32 --seq-len 512 \
   --batch-size 8 --device cuda --dtype bfloat16 --no-eval --overwrite 2>&1 | tee "$out/deepseek_memory.txt" || true
 kill $smi

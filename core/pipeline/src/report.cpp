@@ -406,12 +406,20 @@ std::string Report::summary_text() const {
       seconds, run["device"].get<std::string>(), run["dtype"].get<std::string>(),
       json_["layers"].size(), tokens,
       seconds > 0 ? tokens * static_cast<double>(json_["layers"].size()) / seconds : 0.0);
-  s += fmt::format(
-      "  quantized {} parameters at {:.3f} bits per weight; output {} (source {}), "
-      "peak host memory {}\n",
-      run["quantized_parameters"].get<int64_t>(), run["bits_per_weight"].get<double>(),
-      bytes_text(run["output_bytes"].get<double>()), bytes_text(run["source_bytes"].get<double>()),
-      bytes_text(run["peak_host_bytes"].get<double>()));
+  if (run["bits_per_weight"].get<double>() > 0.0) {
+    s += fmt::format(
+        "  quantized {} parameters at {:.3f} bits per weight; output {} (source {}), "
+        "peak host memory {}\n",
+        run["quantized_parameters"].get<int64_t>(), run["bits_per_weight"].get<double>(),
+        bytes_text(run["output_bytes"].get<double>()),
+        bytes_text(run["source_bytes"].get<double>()),
+        bytes_text(run["peak_host_bytes"].get<double>()));
+  } else {  // moeq eval: fake quantization, or an export read back
+    s += fmt::format(
+        "  quantized {} parameters (nothing written; source {}), peak host memory {}\n",
+        run["quantized_parameters"].get<int64_t>(), bytes_text(run["source_bytes"].get<double>()),
+        bytes_text(run["peak_host_bytes"].get<double>()));
+  }
   double worst = 0.0;
   int64_t worst_layer = 0;
   for (const auto& layer : json_["layers"]) {
