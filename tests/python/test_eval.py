@@ -231,3 +231,35 @@ def test_errors_name_the_file_and_the_values(qwen, tmp_path):
     err = fails("eval", "--model", qwen, "--quantized", bad, "--eval", qwen / "eval.jsonl",
                 "--eval-seq-len", "16", "--device", "cpu", "--report", tmp_path / "r")
     assert "no config group targets it" in err and "experts" in err, err
+
+
+def test_a_quantized_release_is_quantized_again(qwen, tmp_path):
+    """moeq quantize reads a compressed-tensors release as its source, decompressed per layer:
+    requantizing an FP8 export to W4A16 writes exactly what quantizing a plain checkpoint that
+    holds the same (decompressed) weights writes."""
+    from safetensors.torch import save_file
+    release = tmp_path / "release"
+    _moeq("quantize", "--model", qwen, "--output", release, "--scheme", "W8A8-FP8-DYNAMIC",
+          "--calibration", qwen / "calib.jsonl", "--samples", "8", "--seq-len", "16",
+          "--device", "cpu", "--no-eval", "--save-fake-weights")
+    fake = load_file(str(release) + ".report/fake_weights.safetensors")
+    original = load_file(str(qwen / "model.safetensors"))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    # The fake weights come in the compute dtype (fp32 here) holding the stored dtype's values.
+    save_file({k: fake.get(k, v).to(v.dtype) for k, v in original.items()},
+              str(plain / "model.safetensors"),
+              metadata={"format": "pt"})
+    (plain / "config.json").write_bytes((qwen / "config.json").read_bytes())
+    outputs = {}
+    for name, source in (("from_release", release), ("from_plain", plain)):
+        out = tmp_path / name
+        _moeq("quantize", "--model", source, "--output", out, "--scheme", "W4A16",
+              "--calibration", qwen / "calib.jsonl", "--samples", "8", "--seq-len", "16",
+              "--device", "cpu", "--no-eval")
+        outputs[name] = out
+    a = (outputs["from_release"] / "model.safetensors").read_bytes()
+    b = (outputs["from_plain"] / "model.safetensors").read_bytes()
+    assert a == b
+    qc = json.load(open(outputs["from_release"] / "config.json"))["quantization_config"]
+    assert qc["format"] == "pack-quantized"

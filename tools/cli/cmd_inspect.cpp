@@ -14,6 +14,7 @@
 #include "commands.h"
 #include "moeq/core/error.h"
 #include "moeq/io/hf_config.h"
+#include "moeq/pipeline/evaluate.h"
 #include "moeq/registry/config.h"
 #include "moeq/registry/plugin_manager.h"
 #include "moeq/runtime/weight_source.h"
@@ -77,8 +78,7 @@ int run_inspect(const InspectOptions& options) {
              "{}: architecture '{}' is not registered by any loaded plugin (registered: {})",
              (model_dir / "config.json").string(), architecture,
              fmt::join(registries.architectures.keys(), ", "));
-  std::shared_ptr<runtime::WeightSource> source =
-      std::make_shared<runtime::CheckpointSource>(model_dir);
+  std::shared_ptr<runtime::WeightSource> source = pipeline::open_checkpoint(model_dir);
   std::string stages_text;
   if (const auto stages_entry = registries.pipeline_stages.find(architecture)) {
     const auto stages = registries.pipeline_stages.create(architecture);

@@ -371,6 +371,26 @@ QuantizedCheckpoint read_quantized_checkpoint(const fs::path& dir) {
   return read_compressed_tensors(dir, *qc, std::move(base));
 }
 
+bool is_quantized_checkpoint(const fs::path& dir) {
+  if (fs::exists(dir / "hf_quant_config.json")) {
+    return true;
+  }
+  const Json config = read_json(dir / "config.json");
+  const auto qc = config.find("quantization_config");
+  return qc != config.end() && qc->is_object() &&
+         qc->value("quant_method", std::string()) == "compressed-tensors";
+}
+
+std::shared_ptr<runtime::WeightSource> open_checkpoint(const fs::path& dir) {
+  if (!is_quantized_checkpoint(dir)) {
+    return std::make_shared<runtime::CheckpointSource>(dir);
+  }
+  auto checkpoint = read_quantized_checkpoint(dir);
+  logger().info("'{}' is a {} checkpoint: its weights are decompressed as each layer is loaded",
+                dir.string(), checkpoint.format);
+  return checkpoint.source;
+}
+
 PipelineResult evaluate_checkpoint(const CheckpointEvalOptions& options,
                                    const ModelBuilder& build,
                                    const PipelineProgress& progress) {

@@ -15,6 +15,8 @@
 #include <optional>
 #include <set>
 
+#include <moeq/pipeline/evaluate.h>
+
 #include "eval_metrics.h"
 #include "journal.h"
 
@@ -84,8 +86,8 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
   MOEQ_CHECK(!options_.calibration_batches.empty(), "no calibration batches for '{}'",
              options_.model_dir.string());
   const auto config = io::HfConfig::load(options_.model_dir / "config.json");
-  std::shared_ptr<runtime::WeightSource> source =
-      std::make_shared<runtime::CheckpointSource>(options_.model_dir);
+  // A quantized release (compressed-tensors, ModelOpt) is read decompressed.
+  std::shared_ptr<runtime::WeightSource> source = open_checkpoint(options_.model_dir);
   const PipelineStages* stages = options_.stages.get();
   if (stages != nullptr) {
     source = stages->source(config, std::move(source));

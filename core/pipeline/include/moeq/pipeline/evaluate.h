@@ -42,6 +42,15 @@ struct QuantizedCheckpoint {
 // hf_quant_config.json from ModelOpt). Errors name the file, key or tensor and the values.
 QuantizedCheckpoint read_quantized_checkpoint(const std::filesystem::path& dir);
 
+// True for a compressed-tensors checkpoint (config.json's quantization_config.quant_method) or a
+// ModelOpt one (hf_quant_config.json). Other quantization_configs (DeepSeek's native "fp8") are
+// the model builders' business.
+bool is_quantized_checkpoint(const std::filesystem::path& dir);
+
+// The checkpoint in `dir` as the model's weights: decompressed when it is a quantized checkpoint
+// (a vendor's release can then be quantized again, or evaluated), else the stored tensors.
+std::shared_ptr<runtime::WeightSource> open_checkpoint(const std::filesystem::path& dir);
+
 struct CheckpointEvalOptions {
   std::filesystem::path model_dir;      // the original checkpoint
   std::filesystem::path quantized_dir;  // the quantized one
