@@ -28,15 +28,15 @@ def model(tmp_path_factory):
     return d
 
 
-def _recipe(tmp_path, model_dir, output, scheme="W4A16"):
+def _recipe(tmp_path, model_dir, output, scheme="W4A16", fmt="compressed-tensors"):
     # Small shards: several per layer, so that a kill lands between shards and mid-shard.
-    recipe = tmp_path / f"{os.path.basename(output)}-{scheme}.yaml"
+    recipe = tmp_path / f"{os.path.basename(output)}-{scheme}-{fmt}.yaml"
     recipe.write_text(f"""\
 model: {{path: {model_dir}, device: cpu}}
 scheme: {scheme}
 calibration: {{dataset: {model_dir}/calib.jsonl, samples: 8, seq_len: 16, batch_size: 4}}
 evaluation: {{dataset: {model_dir}/eval.jsonl, samples: 4, seq_len: 16, batch_size: 2}}
-export: {{output: {output}, shard_size: 60KB}}
+export: {{output: {output}, shard_size: 60KB, format: {fmt}}}
 """)
     return recipe
 
@@ -69,24 +69,43 @@ def _report(output):
     return report
 
 
+_UNINTERRUPTED = {}
+
+
+def _uninterrupted(model, tmp_path_factory, scheme, fmt):
+    """The run that was never killed, once per scheme and format."""
+    if (scheme, fmt) not in _UNINTERRUPTED:
+        tmp = tmp_path_factory.mktemp("uninterrupted")
+        out = tmp / "out"
+        proc = _run(_recipe(tmp, model, out, scheme, fmt))
+        assert proc.returncode == 0, proc.stderr
+        assert not _partial(out).exists()
+        _UNINTERRUPTED[(scheme, fmt)] = out
+    return _UNINTERRUPTED[(scheme, fmt)]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("uninterrupted")
-    out = tmp / "out"
-    proc = _run(_recipe(tmp, model, out))
-    assert proc.returncode == 0, proc.stderr
-    assert not _partial(out).exists()
-    return out
+    return _uninterrupted(model, tmp_path_factory, "W4A16", "compressed-tensors")
 
 
-@pytest.mark.parametrize("kill", [
-    {"MOEQ_TEST_KILL_AFTER_LAYER": "0"},
-    {"MOEQ_TEST_KILL_AFTER_LAYER": "2"},
-    {"MOEQ_TEST_KILL_AT_MODULE": "model.layers.2.block_sparse_moe.experts.2.w3"},
-], ids=["after-layer-0", "after-layer-2", "mid-layer-2"])
-def test_killed_run_resumes_to_identical_bytes(model, uninterrupted, tmp_path, kill):
+# NVFP4 also carries shared scales across the kill: gate/up global scales and each block's
+# input scales, checked against the modules exported before it.
+@pytest.mark.parametrize("scheme,fmt,kill", [
+    ("W4A16", "compressed-tensors", {"MOEQ_TEST_KILL_AFTER_LAYER": "0"}),
+    ("W4A16", "compressed-tensors", {"MOEQ_TEST_KILL_AFTER_LAYER": "2"}),
+    ("W4A16", "compressed-tensors",
+     {"MOEQ_TEST_KILL_AT_MODULE": "model.layers.2.block_sparse_moe.experts.2.w3"}),
+    ("NVFP4", "compressed-tensors",
+     {"MOEQ_TEST_KILL_AT_MODULE": "model.layers.1.block_sparse_moe.experts.1.w1"}),
+    ("NVFP4", "modelopt", {"MOEQ_TEST_KILL_AFTER_LAYER": "1"}),
+], ids=["after-layer-0", "after-layer-2", "mid-layer-2", "nvfp4-mid-layer-1",
+        "modelopt-after-layer-1"])
+def test_killed_run_resumes_to_identical_bytes(model, tmp_path_factory, tmp_path, scheme, fmt,
+                                              kill):
+    reference = _uninterrupted(model, tmp_path_factory, scheme, fmt)
     out = tmp_path / "out"
-    recipe = _recipe(tmp_path, model, out)
+    recipe = _recipe(tmp_path, model, out, scheme, fmt)
     proc = _run(recipe, env=kill)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not out.exists(), "a killed run left a directory under the final name"
@@ -103,8 +122,8 @@ def test_killed_run_resumes_to_identical_bytes(model, uninterrupted, tmp_path, k
     assert "resuming" in resumed.stderr
     assert not _partial(out).exists()
     assert not (out / ".journal").exists()
-    _assert_same_tree(uninterrupted, out)
-    assert _report(out) == _report(uninterrupted)
+    _assert_same_tree(reference, out)
+    assert _report(out) == _report(reference)
 
 
 def test_resume_under_other_settings_is_refused(model, tmp_path):
