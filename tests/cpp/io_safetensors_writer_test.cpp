@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 
 #include <csignal>
 #include <nlohmann/json.hpp>
@@ -226,6 +227,79 @@ TEST(SafetensorsWriterTest, WriteFileAtomically) {
   EXPECT_EQ(listing(dir.path()), (std::vector<std::string>{"index.json"}));
   EXPECT_CONTAINS(MOEQ_IO_ERROR_OF(write_file_atomically(dir / "missing" / "x.json", "{}")),
                   "cannot create");
+}
+
+// Resuming: a writer stopped after checkpoint() and a fresh one given that state write the same
+// bytes as one that never stopped; what the state names must still be there.
+TEST(SafetensorsWriterTest, CheckpointRestoreGivesTheUninterruptedBytes) {
+  const auto tensor = [](int64_t i) { return at::arange(i * 100, i * 100 + 50, at::kFloat); };
+  SafetensorsWriterOptions options;
+  options.max_shard_bytes = 450;  // two tensors (200 bytes each) per shard
+  ScratchDir straight;
+  {
+    SafetensorsWriter writer(straight.path(), options);
+    for (int64_t i = 0; i < 7; ++i) {
+      writer.add(fmt::format("t{}", i), tensor(i));
+    }
+    writer.finish();
+  }
+  ScratchDir resumed;
+  options.keep_unfinished = true;
+  std::string state;
+  {
+    SafetensorsWriter writer(resumed.path(), options);
+    for (int64_t i = 0; i < 3; ++i) {  // one shard written, t2 pending
+      writer.add(fmt::format("t{}", i), tensor(i));
+    }
+    state = writer.checkpoint(resumed / "spill-a.safetensors");
+    writer.add("t3", tensor(3));  // lost with the "kill": the writer is dropped unfinished
+  }
+  {
+    SafetensorsWriter writer(resumed.path(), options);
+    writer.restore(state);
+    EXPECT_EQ(writer.shards_written(), 1U);
+    for (int64_t i = 3; i < 7; ++i) {
+      writer.add(fmt::format("t{}", i), tensor(i));
+    }
+    writer.finish();
+  }
+  fs::remove(resumed / "spill-a.safetensors");
+  EXPECT_EQ(listing(straight.path()), listing(resumed.path()));
+  for (const auto& name : listing(straight.path())) {
+    EXPECT_EQ(read_bytes(straight / name), read_bytes(resumed / name)) << name;
+  }
+}
+
+TEST(SafetensorsWriterTest, RestoreNamesWhatIsMissing) {
+  SafetensorsWriterOptions options;
+  options.max_shard_bytes = 450;
+  options.keep_unfinished = true;
+  ScratchDir dir;
+  std::string state;
+  {
+    SafetensorsWriter writer(dir.path(), options);
+    for (int64_t i = 0; i < 3; ++i) {
+      writer.add(fmt::format("t{}", i), at::zeros({50}));
+    }
+    state = writer.checkpoint(dir / "spill.safetensors");
+  }
+  const auto restore_error = [&](const std::string& text) {
+    SafetensorsWriter writer(dir.path(), options);
+    try {
+      writer.restore(text);
+    } catch (const Error& e) {
+      return e.message();
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(restore_error("{not json").find("malformed writer state"), std::string::npos);
+  fs::rename(dir / "spill.safetensors", dir / "moved.safetensors");
+  EXPECT_NE(restore_error(state).find("spill file '" + (dir / "spill.safetensors").string() +
+                                      "' is missing"),
+            std::string::npos);
+  fs::remove(dir / ".model-00001.safetensors.tmp");
+  EXPECT_NE(restore_error(state).find("shard '.model-00001.safetensors.tmp' is missing"),
+            std::string::npos);
 }
 
 }  // namespace

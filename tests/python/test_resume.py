@@ -159,3 +159,25 @@ def test_truncated_shard_is_named(model, tmp_path):
     assert resumed.returncode != 0
     assert shard.name in resumed.stderr and "100 bytes" in resumed.stderr, resumed.stderr
     assert not out.exists()
+
+
+def test_damaged_journal_is_named(model, tmp_path):
+    out = tmp_path / "out"
+    recipe = _recipe(tmp_path, model, out)
+    proc = _run(recipe, env={"MOEQ_TEST_KILL_AFTER_LAYER": "1"})
+    assert proc.returncode == -signal.SIGKILL
+    journal = _partial(out) / ".journal" / "journal.json"
+    saved = journal.read_text()
+    # Its activations gone.
+    hidden = sorted((_partial(out) / ".journal").glob("hidden-*.safetensors"))
+    assert len(hidden) == 1
+    hidden[0].rename(hidden[0].with_suffix(".moved"))
+    resumed = _run(recipe, "--resume")
+    assert resumed.returncode != 0
+    assert "activations" in resumed.stderr and hidden[0].name in resumed.stderr, resumed.stderr
+    # Not JSON at all.
+    journal.write_text(saved[: len(saved) // 2])
+    resumed = _run(recipe, "--resume")
+    assert resumed.returncode != 0
+    assert "malformed journal" in resumed.stderr and str(journal) in resumed.stderr
+    assert not out.exists()
