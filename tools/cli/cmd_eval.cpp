@@ -37,30 +37,6 @@ struct EvalFlags {
   std::string quantized;
 };
 
-c10::Device eval_device(const std::string& text) {
-  if (text.empty() || text == "auto") {
-    return at::hasCUDA() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
-  }
-  c10::Device device(text);
-  MOEQ_CHECK(!device.is_cuda() || at::hasCUDA(),
-             "device '{}' was asked for, but this machine has no CUDA device (use --device cpu)",
-             text);
-  return device;
-}
-
-c10::ScalarType eval_dtype(const std::string& text, const c10::Device& device) {
-  if (text.empty() || text == "auto") {
-    return device.is_cuda() ? c10::kBFloat16 : c10::kFloat;
-  }
-  if (text == "bfloat16") {
-    return c10::kBFloat16;
-  }
-  if (text == "float16") {
-    return c10::kHalf;
-  }
-  return c10::kFloat;
-}
-
 // --quantized: the export read as a weight source, layer by layer beside the original.
 int run_checkpoint_eval(const EvalFlags& flags) {
   const QuantizeFlags& f = flags.quantize;
@@ -103,8 +79,8 @@ int run_checkpoint_eval(const EvalFlags& flags) {
       !f.device.empty() ? f.device : (recipe.model ? recipe.model->device : "auto");
   const std::string dtype_text =
       !f.dtype.empty() ? f.dtype : (recipe.model ? recipe.model->dtype : "auto");
-  const auto device = eval_device(device_text);
-  const auto dtype = eval_dtype(dtype_text, device);
+  const auto device = pick_device(device_text);
+  const auto dtype = pick_dtype(dtype_text, device);
 
   pipeline::CalibrationDataOptions data;
   const auto tokenizer = pipeline::find_tokenizer(model_dir);
@@ -162,7 +138,7 @@ int run_checkpoint_eval(const EvalFlags& flags) {
   progress.batch_done = [&](int64_t done, int64_t n) { bar->update(done, n); };
   progress.layer_end = [&](const pipeline::LayerResult&) { bar->finish(); };
   const auto result = pipeline::evaluate_checkpoint(
-      options,
+      options, checkpoint,
       [&builder](const io::HfConfig& c, std::shared_ptr<runtime::WeightSource> w,
                  const runtime::RuntimeOptions& o) { return builder->build(c, std::move(w), o); },
       progress);

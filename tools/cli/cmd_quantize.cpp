@@ -112,33 +112,6 @@ ResolvedScheme resolve_scheme(const Recipe& recipe, const std::string& flag) {
   }
 }
 
-c10::Device pick_device(const std::string& text) {
-  if (text.empty() || text == "auto") {
-    return at::hasCUDA() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
-  }
-  c10::Device device(text);
-  MOEQ_CHECK(!device.is_cuda() || at::hasCUDA(),
-             "device '{}' was asked for, but this machine has no CUDA device (use --device cpu)",
-             text);
-  return device;
-}
-
-c10::ScalarType pick_dtype(const std::string& text, const c10::Device& device) {
-  if (text.empty() || text == "auto") {
-    // bf16 matmuls on the CPU are slow and not what the engines compute; fp32 is exact for a
-    // bf16 checkpoint's weights.
-    return device.is_cuda() ? c10::kBFloat16 : c10::kFloat;
-  }
-  if (text == "bfloat16") {
-    return c10::kBFloat16;
-  }
-  if (text == "float16") {
-    return c10::kHalf;
-  }
-  MOEQ_CHECK(text == "float32", "unknown dtype '{}' (auto, bfloat16, float16, float32)", text);
-  return c10::kFloat;
-}
-
 Recipe merged_recipe(const QuantizeFlags& flags) {
   Recipe recipe = flags.config.empty() ? parse_recipe("{}", "<command line>", fs::current_path())
                                        : load_recipe(flags.config);
@@ -232,6 +205,33 @@ Recipe merged_recipe(const QuantizeFlags& flags) {
 }
 
 }  // namespace
+
+c10::Device pick_device(const std::string& text) {
+  if (text.empty() || text == "auto") {
+    return at::hasCUDA() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+  }
+  c10::Device device(text);
+  MOEQ_CHECK(!device.is_cuda() || at::hasCUDA(),
+             "device '{}' was asked for, but this machine has no CUDA device (use --device cpu)",
+             text);
+  return device;
+}
+
+c10::ScalarType pick_dtype(const std::string& text, const c10::Device& device) {
+  if (text.empty() || text == "auto") {
+    // bf16 matmuls on the CPU are slow and not what the engines compute; fp32 is exact for a
+    // bf16 checkpoint's weights.
+    return device.is_cuda() ? c10::kBFloat16 : c10::kFloat;
+  }
+  if (text == "bfloat16") {
+    return c10::kBFloat16;
+  }
+  if (text == "float16") {
+    return c10::kHalf;
+  }
+  MOEQ_CHECK(text == "float32", "unknown dtype '{}' (auto, bfloat16, float16, float32)", text);
+  return c10::kFloat;
+}
 
 int run_quantize(const QuantizeFlags& flags) {
   const Recipe recipe = merged_recipe(flags);

@@ -2,6 +2,9 @@
 // process: the same pipeline without the export).
 #pragma once
 
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -42,6 +45,11 @@ struct QuantizeFlags {
   // and `report` names the report's directory.
   bool evaluate_only = false;
 };
+
+// --device and --dtype: "auto" is the first CUDA device when there is one, and bfloat16 there
+// (float32 on the CPU). Asking for CUDA without one is an error.
+c10::Device pick_device(const std::string& text);
+c10::ScalarType pick_dtype(const std::string& text, const c10::Device& device);
 
 // Runs the pipeline for `flags` (recipe merged with the flags); returns the exit status.
 int run_quantize(const QuantizeFlags& flags);

@@ -75,6 +75,36 @@ EvalResult LogitsComparison::finish() {
   return ev;
 }
 
+std::string_view projection_kind_name(fn::ProjKind kind) {
+  switch (kind) {
+    case fn::ProjKind::kQ:
+      return "q";
+    case fn::ProjKind::kK:
+      return "k";
+    case fn::ProjKind::kV:
+      return "v";
+    case fn::ProjKind::kO:
+      return "o";
+    case fn::ProjKind::kGate:
+      return "gate";
+    case fn::ProjKind::kUp:
+      return "up";
+    case fn::ProjKind::kDown:
+      return "down";
+    case fn::ProjKind::kGateUp:
+      return "gate_up";
+    case fn::ProjKind::kRouter:
+      return "router";
+    case fn::ProjKind::kSharedExpertGate:
+      return "shared_expert_gate";
+    case fn::ProjKind::kHead:
+      return "head";
+    case fn::ProjKind::kOther:
+      break;
+  }
+  return "other";
+}
+
 double relative_rms(const at::Tensor& approx, const at::Tensor& exact) {
   const double denom = exact.to(at::kDouble).norm().item<double>();
   const double num = (approx.to(at::kDouble) - exact.to(at::kDouble)).norm().item<double>();

@@ -5,9 +5,11 @@
 #pragma once
 
 #include <moeq/pipeline/pipeline.h>
+#include <moeq/runtime/functional.h>
 
 #include <ATen/core/Tensor.h>
 
+#include <string_view>
 #include <vector>
 
 namespace moeq::pipeline::detail {
@@ -32,6 +34,9 @@ class LogitsComparison {
   std::vector<at::Tensor> kept_reference_;
   std::vector<at::Tensor> kept_quantized_;
 };
+
+// The report's name of a projection kind: "q", "gate", "down", ...
+std::string_view projection_kind_name(fn::ProjKind kind);
 
 // Relative RMS error |a - b| / |b| in float64.
 double relative_rms(const at::Tensor& approx, const at::Tensor& exact);

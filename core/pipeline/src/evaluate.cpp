@@ -322,29 +322,6 @@ class StackFallbackSource final : public runtime::WeightSource {
   std::set<std::string> allowed_;
 };
 
-std::string_view kind_name(fn::ProjKind kind) {
-  switch (kind) {
-    case fn::ProjKind::kQ:
-      return "q";
-    case fn::ProjKind::kK:
-      return "k";
-    case fn::ProjKind::kV:
-      return "v";
-    case fn::ProjKind::kO:
-      return "o";
-    case fn::ProjKind::kGate:
-      return "gate";
-    case fn::ProjKind::kUp:
-      return "up";
-    case fn::ProjKind::kDown:
-      return "down";
-    case fn::ProjKind::kGateUp:
-      return "gate_up";
-    default:
-      return "other";
-  }
-}
-
 std::string block_of(const std::string& module) {
   const auto at = module.find(".experts.");
   return at == std::string::npos ? std::string() : module.substr(0, at);
@@ -392,6 +369,7 @@ std::shared_ptr<runtime::WeightSource> open_checkpoint(const fs::path& dir) {
 }
 
 PipelineResult evaluate_checkpoint(const CheckpointEvalOptions& options,
+                                   const QuantizedCheckpoint& checkpoint,
                                    const ModelBuilder& build,
                                    const PipelineProgress& progress) {
   const auto start = Clock::now();
@@ -406,7 +384,6 @@ PipelineResult evaluate_checkpoint(const CheckpointEvalOptions& options,
   runtime_options.placement = options.placement;
   auto original_source = std::make_shared<runtime::CheckpointSource>(options.model_dir);
   auto reference = build(config, original_source, runtime_options);
-  QuantizedCheckpoint checkpoint = read_quantized_checkpoint(options.quantized_dir);
   auto quantized_source = std::make_shared<StackFallbackSource>(checkpoint.source, original_source);
   auto quantized = build(quantized_config, quantized_source, runtime_options);
   MOEQ_INTERNAL_ASSERT(reference && quantized, "the model builder returned nothing");
@@ -514,7 +491,7 @@ PipelineResult evaluate_checkpoint(const CheckpointEvalOptions& options,
         pr.module = linear->name();
         pr.block = block_of(pr.module);
         pr.expert = linear->ref().expert;
-        pr.kind = std::string(kind_name(linear->ref().kind));
+        pr.kind = std::string(detail::projection_kind_name(linear->ref().kind));
         pr.weight_error = detail::relative_rms(linear->weight().value, ref_linear->weight().value);
         result.quantized_parameters += linear->weight().value.numel();
         lr.projections.push_back(std::move(pr));
@@ -536,7 +513,7 @@ PipelineResult evaluate_checkpoint(const CheckpointEvalOptions& options,
           pr.module = p.module;
           pr.block = block_of(p.module);
           pr.expert = p.expert;
-          pr.kind = std::string(kind_name(p.kind));
+          pr.kind = std::string(detail::projection_kind_name(p.kind));
           pr.weight_error = detail::relative_rms(fused->slice(p.stack->value, p), original);
           result.quantized_parameters += original.numel();
           lr.projections.push_back(std::move(pr));

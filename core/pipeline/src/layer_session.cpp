@@ -11,6 +11,8 @@
 
 #include <regex>
 
+#include "eval_metrics.h"
+
 namespace moeq::pipeline {
 namespace {
 
@@ -33,14 +35,6 @@ bool matches(const std::string& entry, const std::string& name) {
     return std::regex_search(name, pattern, std::regex_constants::match_continuous);
   }
   return entry == name;
-}
-
-double relative_rms_error(const at::Tensor& approx, const at::Tensor& exact) {
-  const auto a = approx.to(at::kDouble);
-  const auto e = exact.to(at::kDouble);
-  const double denom = e.norm().item<double>();
-  const double num = (a - e).norm().item<double>();
-  return denom > 0.0 ? num / denom : num;
 }
 
 }  // namespace
@@ -433,7 +427,7 @@ void LayerSession::finish_calibration(const std::function<void(QuantTarget&)>& q
       t.source_weight = stored_weight(t);
     }
     const auto fake = t.weight->fake_quantize(t.source_weight);
-    t.weight_error = relative_rms_error(fake, t.source_weight);
+    t.weight_error = detail::relative_rms(fake, t.source_weight);
     t.fake_weight = fake.to(param.value.scalar_type());
     if (!lean) {
       continue;

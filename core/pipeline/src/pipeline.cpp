@@ -29,36 +29,6 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-std::string_view kind_name(fn::ProjKind kind) {
-  switch (kind) {
-    case fn::ProjKind::kQ:
-      return "q";
-    case fn::ProjKind::kK:
-      return "k";
-    case fn::ProjKind::kV:
-      return "v";
-    case fn::ProjKind::kO:
-      return "o";
-    case fn::ProjKind::kGate:
-      return "gate";
-    case fn::ProjKind::kUp:
-      return "up";
-    case fn::ProjKind::kDown:
-      return "down";
-    case fn::ProjKind::kGateUp:
-      return "gate_up";
-    case fn::ProjKind::kRouter:
-      return "router";
-    case fn::ProjKind::kSharedExpertGate:
-      return "shared_expert_gate";
-    case fn::ProjKind::kHead:
-      return "head";
-    case fn::ProjKind::kOther:
-      break;
-  }
-  return "other";
-}
-
 // Activations between layers: on the compute device, or parked on the host.
 struct Stream {
   std::vector<at::Tensor> hidden;
@@ -321,7 +291,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
           pr.module = t.module;
           pr.block = t.block;
           pr.expert = t.expert;
-          pr.kind = std::string(kind_name(t.kind));
+          pr.kind = std::string(detail::projection_kind_name(t.kind));
           pr.weight_error = t.weight_error;
           pr.rows_seen = t.rows_seen;
           const auto fb = fallback.find({t.block, t.expert});

@@ -59,7 +59,9 @@ struct CheckpointEvalOptions {
   bool keep_logits = false;
 };
 
+// `checkpoint` is read_quantized_checkpoint(options.quantized_dir).
 PipelineResult evaluate_checkpoint(const CheckpointEvalOptions& options,
+                                   const QuantizedCheckpoint& checkpoint,
                                    const ModelBuilder& build,
                                    const PipelineProgress& progress = {});
 
