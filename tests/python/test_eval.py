@@ -263,3 +263,60 @@ def test_a_quantized_release_is_quantized_again(qwen, tmp_path):
     assert a == b
     qc = json.load(open(outputs["from_release"] / "config.json"))["quantization_config"]
     assert qc["format"] == "pack-quantized"
+
+
+def test_unreadable_quantized_checkpoints_are_named(qwen, tmp_path):
+    """Each way an export can be unreadable: the message names the file, key or tensor."""
+    from safetensors.torch import save_file
+
+    def fails(quantized):
+        proc = subprocess.run([MOEQ, "eval", "--model", str(qwen), "--quantized", str(quantized),
+                               "--eval", str(qwen / "eval.jsonl"), "--eval-seq-len", "16",
+                               "--device", "cpu", "--report", str(tmp_path / "r")],
+                              capture_output=True, text=True)
+        assert proc.returncode != 0
+        return proc.stderr
+
+    # Not a directory.
+    assert "is not a directory" in fails(tmp_path / "nowhere")
+    # Another quant_method.
+    fp8 = tmp_path / "fp8"
+    _quantize(qwen, fp8, "W8A8-FP8")
+    cfg = json.load(open(fp8 / "config.json"))
+    cfg["quantization_config"]["quant_method"] = "fp8"
+    json.dump(cfg, open(fp8 / "config.json", "w"))
+    err = fails(fp8)
+    assert "quant_method is 'fp8'" in err and "config.json" in err, err
+    # A static input scale missing from the tensors.
+    cfg["quantization_config"]["quant_method"] = "compressed-tensors"
+    json.dump(cfg, open(fp8 / "config.json", "w"))
+    tensors = load_file(str(fp8 / "model.safetensors"))
+    gone = next(k for k in tensors if k.endswith(".input_scale"))
+    del tensors[gone]
+    save_file(tensors, str(fp8 / "model.safetensors"), metadata={"format": "pt"})
+    err = fails(fp8)
+    assert "static scale" in err and gone in err, err
+    # No tensor stored quantized.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text(json.dumps(cfg))
+    (plain / "model.safetensors").write_bytes((qwen / "model.safetensors").read_bytes())
+    assert "no tensor is stored quantized" in fails(plain)
+    # ModelOpt: an algorithm moeq does not read, and a pre_quant_scale it does not apply.
+    mo = tmp_path / "mo"
+    _moeq("quantize", "--model", qwen, "--output", mo, "--scheme", "NVFP4A16", "--format",
+          "modelopt", "--calibration", qwen / "calib.jsonl", "--samples", "8", "--seq-len", "16",
+          "--device", "cpu", "--no-eval")
+    hq = json.load(open(mo / "hf_quant_config.json"))
+    hq["quantization"]["quant_algo"] = "INT8_SQ"
+    json.dump(hq, open(mo / "hf_quant_config.json", "w"))
+    err = fails(mo)
+    assert "quant_algo 'INT8_SQ'" in err and "hf_quant_config.json" in err, err
+    hq["quantization"]["quant_algo"] = "W4A16_NVFP4"
+    json.dump(hq, open(mo / "hf_quant_config.json", "w"))
+    tensors = load_file(str(mo / "model.safetensors"))
+    module = next(k for k in tensors if k.endswith(".weight_scale_2"))[: -len(".weight_scale_2")]
+    tensors[module + ".pre_quant_scale"] = torch.ones(128, dtype=torch.bfloat16)
+    save_file(tensors, str(mo / "model.safetensors"), metadata={"format": "pt"})
+    err = fails(mo)
+    assert "pre_quant_scale" in err and module in err, err

@@ -181,3 +181,27 @@ def test_damaged_journal_is_named(model, tmp_path):
     assert resumed.returncode != 0
     assert "malformed journal" in resumed.stderr and str(journal) in resumed.stderr
     assert not out.exists()
+
+
+def test_journal_that_does_not_fit_the_run_is_named(model, tmp_path):
+    import json
+    out = tmp_path / "out"
+    recipe = _recipe(tmp_path, model, out)
+    proc = _run(recipe, env={"MOEQ_TEST_KILL_AFTER_LAYER": "1"})
+    assert proc.returncode == -signal.SIGKILL
+    journal_dir = _partial(out) / ".journal"
+    journal = journal_dir / "journal.json"
+    saved = json.loads(journal.read_text())
+    # More layers done than the model has.
+    journal.write_text(json.dumps({**saved, "layers_done": LAYERS + 3}))
+    resumed = _run(recipe, "--resume")
+    assert resumed.returncode != 0
+    assert f"it finished {LAYERS + 3} layers, the model has {LAYERS}" in resumed.stderr
+    # The shared scales it names are gone.
+    journal.write_text(json.dumps(saved))
+    scales = journal_dir / saved["exporter"]["scales"]["file"]
+    scales.unlink()
+    resumed = _run(recipe, "--resume")
+    assert resumed.returncode != 0
+    assert str(scales) in resumed.stderr and "is missing" in resumed.stderr, resumed.stderr
+    assert not out.exists()
