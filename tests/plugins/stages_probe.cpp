@@ -6,6 +6,8 @@
 //   3. quantization: every block's expert 0 keeps its down projection (w2) in high precision;
 //   4. export naming: "model.*" is written as "vendor.*";
 //   5. layers to skip: layer 1.
+// A config.json with "stages_probe_no_source": true makes the source stage return nothing, the
+// error path of a broken pipeline adapter.
 #include <algorithm>
 #include <map>
 #include <memory>
@@ -44,8 +46,11 @@ class ProbeStages final : public moeq::pipeline::PipelineStages {
  public:
   std::string describe() const override { return "stage probe: all five stages overridden"; }
   std::shared_ptr<moeq::runtime::WeightSource> source(
-      const moeq::io::HfConfig& /*config*/,
+      const moeq::io::HfConfig& config,
       std::shared_ptr<moeq::runtime::WeightSource> checkpoint) const override {
+    if (config.get_or("stages_probe_no_source", false)) {
+      return nullptr;
+    }
     return std::make_shared<RenamingSource>(std::move(checkpoint));
   }
   moeq::ModuleAdapter* adapter(const std::string& /*module_type*/,

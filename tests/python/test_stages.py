@@ -94,6 +94,24 @@ def test_without_the_stages_the_renamed_checkpoint_is_refused(vendor_model, tmp_
     assert not out.exists()
 
 
+def test_stage_returning_no_source_is_named(vendor_model, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in os.listdir(vendor_model):
+        os.symlink(vendor_model / name, model / name)
+    config = json.load(open(vendor_model / "config.json"))
+    config["stages_probe_no_source"] = True
+    os.unlink(model / "config.json")
+    json.dump(config, open(model / "config.json", "w"))
+    out = tmp_path / "out"
+    proc = _quantize(model, out, "mixtral", PROBE)
+    assert proc.returncode != 0
+    assert "the pipeline stages of 'MixtralForCausalLM' returned no weight source" in proc.stderr, \
+        proc.stderr
+    assert not out.exists()
+    assert not [p for p in os.listdir(tmp_path) if "moeq-partial" in p]
+
+
 def test_plugins_lists_the_stages_as_hard(tmp_path):
     proc = subprocess.run([MOEQ, "plugins", "--plugin", PROBE], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
