@@ -30,7 +30,6 @@ namespace {
 
 using namespace moeq::runtime;  // NOLINT(google-build-using-namespace)
 using moeq::fn::ProjKind;
-namespace model_config = moeq::runtime::detail;
 
 struct MlaOptions {
   int64_t hidden_size = 0;

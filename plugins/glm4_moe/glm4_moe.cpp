@@ -27,7 +27,6 @@
 namespace {
 
 using namespace moeq::runtime;  // NOLINT(google-build-using-namespace)
-namespace model_config = moeq::runtime::detail;
 
 constexpr const char* kArchitecture = "Glm4MoeForCausalLM";
 

@@ -86,7 +86,7 @@ std::unique_ptr<CausalLM> build_gpt_oss(const moeq::io::HfConfig& config,
   const auto hidden = config.get<int64_t>("hidden_size");
   const auto num_layers = config.get<int64_t>("num_hidden_layers");
   const auto heads = config.get<int64_t>("num_attention_heads");
-  const auto head_dim = moeq::runtime::detail::head_dim(config);
+  const auto head_dim = moeq::runtime::model_config::head_dim(config);
   const auto eps = config.get_or("rms_norm_eps", 1e-5);
 
   CausalLMConfig lm;
@@ -102,7 +102,7 @@ std::unique_ptr<CausalLM> build_gpt_oss(const moeq::io::HfConfig& config,
 
   RopeOptions rope;
   if (config.contains("rope_scaling") || config.contains("rope_parameters")) {
-    rope = moeq::runtime::detail::rope_options(config, head_dim, /*default_theta=*/150000.0);
+    rope = moeq::runtime::model_config::rope_options(config, head_dim, /*default_theta=*/150000.0);
   } else {  // transformers' GptOssConfig default
     rope.type = RopeType::kYarn;
     rope.head_dim = head_dim;

@@ -158,7 +158,7 @@ std::unique_ptr<CausalLM> build_llama4(const moeq::io::HfConfig& config,
   const auto hidden = config.get<int64_t>("hidden_size");
   const auto num_layers = config.get<int64_t>("num_hidden_layers");
   const auto heads = config.get<int64_t>("num_attention_heads");
-  const auto head_dim = moeq::runtime::detail::head_dim(config);
+  const auto head_dim = moeq::runtime::model_config::head_dim(config);
   const auto eps = config.get_or("rms_norm_eps", 1e-5);
 
   CausalLMConfig lm;
@@ -170,7 +170,7 @@ std::unique_ptr<CausalLM> build_llama4(const moeq::io::HfConfig& config,
   lm.norm_type = "Llama4TextRMSNorm";
   auto model = std::make_unique<CausalLM>("Llama4ForCausalLM", lm, std::move(weights), options);
   auto rotary = std::make_shared<const RotaryEmbedding>(
-      moeq::runtime::detail::rope_options(config, head_dim, /*default_theta=*/500000.0));
+      moeq::runtime::model_config::rope_options(config, head_dim, /*default_theta=*/500000.0));
   model->set_rotary(rotary);
 
   // transformers' Llama4TextConfig.__post_init__ defaults.
@@ -218,7 +218,7 @@ std::unique_ptr<CausalLM> build_llama4(const moeq::io::HfConfig& config,
 
   const auto num_experts = config.get<int64_t>("num_local_experts");
   const auto top_k = config.get_or<int64_t>("num_experts_per_tok", 1);
-  const auto activation = moeq::runtime::detail::activation(config, "Llama4ForCausalLM");
+  const auto activation = moeq::runtime::model_config::activation(config, "Llama4ForCausalLM");
   FusedExpertsOptions experts;
   experts.num_experts = num_experts;
   experts.hidden_size = hidden;

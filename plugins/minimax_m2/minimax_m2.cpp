@@ -28,7 +28,6 @@ namespace {
 
 using namespace moeq::runtime;  // NOLINT(google-build-using-namespace)
 using moeq::fn::ProjKind;
-namespace model_config = moeq::runtime::detail;
 
 constexpr const char* kArchitecture = "MiniMaxM2ForCausalLM";
 

@@ -950,7 +950,7 @@ std::unique_ptr<runtime::CausalLM> build_declared(const DeclaredModel& m,
   const auto hidden = config.get<int64_t>("hidden_size");
   const auto num_layers = config.get<int64_t>("num_hidden_layers");
   const auto heads = config.get<int64_t>("num_attention_heads");
-  const auto head_dim = runtime::detail::head_dim(config);
+  const auto head_dim = runtime::model_config::head_dim(config);
   const auto eps = resolve<double>(m.rms_norm_eps, config);
 
   const auto act = resolve<std::string>(m.activation, config);
@@ -978,7 +978,7 @@ std::unique_ptr<runtime::CausalLM> build_declared(const DeclaredModel& m,
     model->exclude_prefix(fmt::format("model.layers.{}", num_layers + i));
   }
 
-  auto rope = runtime::detail::rope_options(config, head_dim, m.default_theta);
+  auto rope = runtime::model_config::rope_options(config, head_dim, m.default_theta);
   if (m.default_partial_rotary_factor && !config.contains("partial_rotary_factor") &&
       !config.contains("rope_parameters.partial_rotary_factor") &&
       !config.contains("rope_scaling.partial_rotary_factor")) {

@@ -5,7 +5,7 @@
 
 #include <filesystem>
 
-namespace moeq::runtime::detail {
+namespace moeq::runtime::model_config {
 
 int64_t head_dim(const io::HfConfig& config) {
   if (auto dim = config.find<int64_t>("head_dim")) {
@@ -105,7 +105,7 @@ Activation activation(const io::HfConfig& config, std::string_view architecture)
   return Activation::kSilu;
 }
 
-}  // namespace moeq::runtime::detail
+}  // namespace moeq::runtime::model_config
 
 namespace moeq::runtime {
 

@@ -13,7 +13,7 @@ std::unique_ptr<CausalLM> build_mixtral_for_causal_lm(const io::HfConfig& config
   const auto hidden = config.get<int64_t>("hidden_size");
   const auto num_layers = config.get<int64_t>("num_hidden_layers");
   const auto heads = config.get<int64_t>("num_attention_heads");
-  const auto head_dim = detail::head_dim(config);
+  const auto head_dim = model_config::head_dim(config);
   const auto eps = config.get_or("rms_norm_eps", 1e-5);
 
   CausalLMConfig lm;
@@ -26,7 +26,7 @@ std::unique_ptr<CausalLM> build_mixtral_for_causal_lm(const io::HfConfig& config
   auto model = std::make_unique<CausalLM>("MixtralForCausalLM", lm, std::move(weights), options);
 
   auto rotary = std::make_shared<const RotaryEmbedding>(
-      detail::rope_options(config, head_dim, /*default_theta=*/1e6));
+      model_config::rope_options(config, head_dim, /*default_theta=*/1e6));
   model->set_rotary(rotary);
 
   AttentionOptions attention;
@@ -45,7 +45,7 @@ std::unique_ptr<CausalLM> build_mixtral_for_causal_lm(const io::HfConfig& config
   router.weights_in_compute_dtype = false;  // and combines with fp32 weights
 
   GatedMlpOptions expert;
-  expert.activation = detail::activation(config, "MixtralForCausalLM");
+  expert.activation = model_config::activation(config, "MixtralForCausalLM");
   expert.hidden_size = hidden;
   expert.intermediate_size = config.get<int64_t>("intermediate_size");
   expert.gate_name = "w1";

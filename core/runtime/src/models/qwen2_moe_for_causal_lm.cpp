@@ -15,7 +15,7 @@ std::unique_ptr<CausalLM> build_qwen2_moe_for_causal_lm(const io::HfConfig& conf
   const auto hidden = config.get<int64_t>("hidden_size");
   const auto num_layers = config.get<int64_t>("num_hidden_layers");
   const auto heads = config.get<int64_t>("num_attention_heads");
-  const auto head_dim = detail::head_dim(config);
+  const auto head_dim = model_config::head_dim(config);
   const auto eps = config.get_or("rms_norm_eps", 1e-6);
 
   CausalLMConfig lm;
@@ -28,7 +28,7 @@ std::unique_ptr<CausalLM> build_qwen2_moe_for_causal_lm(const io::HfConfig& conf
   auto model = std::make_unique<CausalLM>("Qwen2MoeForCausalLM", lm, std::move(weights), options);
 
   auto rotary = std::make_shared<const RotaryEmbedding>(
-      detail::rope_options(config, head_dim, /*default_theta=*/1e4));
+      model_config::rope_options(config, head_dim, /*default_theta=*/1e4));
   model->set_rotary(rotary);
 
   AttentionOptions attention;
@@ -68,7 +68,7 @@ std::unique_ptr<CausalLM> build_qwen2_moe_for_causal_lm(const io::HfConfig& conf
   router.weights_in_compute_dtype = true;
 
   GatedMlpOptions expert;
-  expert.activation = detail::activation(config, "Qwen2MoeForCausalLM");
+  expert.activation = model_config::activation(config, "Qwen2MoeForCausalLM");
   expert.hidden_size = hidden;
   expert.intermediate_size = num_experts > 0 ? config.get<int64_t>("moe_intermediate_size") : 0;
 
