@@ -2,8 +2,8 @@
 // exported checkpoint (--quantized: compressed-tensors or ModelOpt, moeq's or a vendor's) or
 // fake quantization in process (--scheme, calibrating as moeq quantize does). Either way: the
 // KL divergence of the next-token distributions (mean and percentiles), both perplexities, top-1
-// agreement, per-layer output error and per-projection weight error, as report.json and
-// report.html.
+// agreement, per-MoE-layer routing agreement, per-layer output error and per-projection weight
+// error, as report.json and report.html.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 
@@ -23,6 +23,7 @@
 #include "moeq/pipeline/calibration_data.h"
 #include "moeq/pipeline/evaluate.h"
 #include "moeq/pipeline/report.h"
+#include "moeq/pipeline/routing_file.h"
 #include "moeq/registry/config.h"
 #include "moeq/registry/plugin_manager.h"
 #include "quantize_flags.h"
@@ -50,6 +51,10 @@ int run_checkpoint_eval(const EvalFlags& flags) {
   const fs::path quantized_dir = fs::absolute(flags.quantized);
   MOEQ_CHECK(fs::is_directory(quantized_dir), "the quantized checkpoint '{}' is not a directory",
              quantized_dir.string());
+  const fs::path routing_file = f.save_routing.empty() ? fs::path() : fs::absolute(f.save_routing);
+  if (!routing_file.empty()) {
+    pipeline::check_routing_file(routing_file, "--save-routing");
+  }
 
   PluginManager manager;
   load_plugins(manager, recipe);
@@ -125,6 +130,7 @@ int run_checkpoint_eval(const EvalFlags& flags) {
   options.placement = runtime::Placement{device, dtype};
   options.eval_batches = tokens.batches;
   options.keep_logits = f.save_eval_logits;
+  options.keep_routes = !routing_file.empty();
   logger().info("evaluating {} against {} ({}) on {} ({} sequences x {} tokens) on {} in {}",
                 quantized_dir.string(), model_dir.string(), architecture, data.path.string(),
                 tokens.samples, data.seq_len, device.str(), c10::toString(dtype));
@@ -170,6 +176,9 @@ int run_checkpoint_eval(const EvalFlags& flags) {
     writer.add("logits_reference", result.eval->logits_reference);
     writer.add("logits_quantized", result.eval->logits_quantized);
     writer.finish();
+  }
+  if (!routing_file.empty()) {
+    pipeline::write_routing_file(routing_file, result, at::cat(options.eval_batches));
   }
   std::printf("%s", report.summary_text().c_str());
   std::printf("report: %s\n", (report_dir / "report.html").string().c_str());
@@ -227,6 +236,11 @@ Command add_eval_command(CLI::App& app) {
                 "report directory (default: <quantized>.eval or <model>-<scheme>.eval)");
   c->add_flag("--save-logits", f.save_eval_logits,
               "also write both models' logits (report dir, eval_logits.safetensors)");
+  c->add_option("--save-routing", f.save_routing,
+                "also write every held-out token's top-k experts and weights, original and "
+                "quantized, per MoE layer (a .safetensors file)");
+  c->add_option("--ignore", f.ignore,
+                "with --scheme: modules to leave in high precision (name or re:regex)");
   c->add_option("-p,--plugin", f.plugins, "a plugin to load as well (repeatable)");
   return Command{c, [flags] { return run_eval(*flags); }};
 }

@@ -24,6 +24,7 @@
 #include "moeq/pipeline/calibration_data.h"
 #include "moeq/pipeline/pipeline.h"
 #include "moeq/pipeline/report.h"
+#include "moeq/pipeline/routing_file.h"
 #include "moeq/quant/scheme.h"
 #include "moeq/registry/config.h"
 #include "moeq/registry/plugin_manager.h"
@@ -236,6 +237,16 @@ c10::ScalarType pick_dtype(const std::string& text, const c10::Device& device) {
 int run_quantize(const QuantizeFlags& flags) {
   const Recipe recipe = merged_recipe(flags);
   const ResolvedScheme scheme = resolve_scheme(recipe, flags.scheme);
+  // Refused before any layer runs, not after the whole model.
+  const fs::path routing_file =
+      flags.save_routing.empty() ? fs::path() : fs::absolute(flags.save_routing);
+  if (!routing_file.empty()) {
+    MOEQ_CHECK(recipe.evaluation.has_value(),
+               "--save-routing '{}': the expert choices are recorded on the evaluation tokens; "
+               "give them (--eval FILE or the recipe's evaluation section)",
+               flags.save_routing);
+    pipeline::check_routing_file(routing_file, "--save-routing");
+  }
 
   PluginManager manager;
   load_plugins(manager, recipe);
@@ -376,6 +387,7 @@ int run_quantize(const QuantizeFlags& flags) {
         return it->second.get();
       });
   pipe.keep_eval_logits(flags.save_eval_logits);
+  pipe.keep_routes(!routing_file.empty());
 
   std::unique_ptr<ProgressBar> bar;
   pipeline::PipelineProgress progress;
@@ -430,6 +442,9 @@ int run_quantize(const QuantizeFlags& flags) {
     writer.add("logits_quantized", result.eval->logits_quantized);
     writer.finish();
   }
+  if (!routing_file.empty()) {
+    pipeline::write_routing_file(routing_file, result, at::cat(options.eval_batches));
+  }
   std::printf("%s", report.summary_text().c_str());
   std::printf("report: %s\n", (report_dir / "report.html").string().c_str());
   return 0;
@@ -472,6 +487,9 @@ Command add_quantize_command(CLI::App& app) {
   c->add_option("--report", f->report, "report directory (default: <output>.report)");
   c->add_flag("--save-eval-logits", f->save_eval_logits,
               "also write both models' evaluation logits (report dir, eval_logits.safetensors)");
+  c->add_option("--save-routing", f->save_routing,
+                "also write every evaluation token's top-k experts and weights, original and "
+                "quantized, per MoE layer (a .safetensors file)");
   c->add_flag("--save-fake-weights", f->save_fake_weights,
               "also write every quantized projection's fake-quantized weight (report dir, "
               "fake_weights.safetensors): what the engines must decompress");

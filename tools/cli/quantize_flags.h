@@ -39,6 +39,7 @@ struct QuantizeFlags {
   bool restart = false;
   std::string report;
   bool save_eval_logits = false;
+  std::string save_routing;  // a .safetensors file: every evaluation token's expert choices
   bool save_fake_weights = false;
   std::vector<std::string> plugins;
   // moeq eval --scheme: calibrate, quantize in process and evaluate; no checkpoint is written

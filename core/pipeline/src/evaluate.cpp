@@ -19,6 +19,7 @@
 #include <regex>
 
 #include "eval_metrics.h"
+#include "routing_metrics.h"
 
 namespace moeq::pipeline {
 namespace {
@@ -525,14 +526,25 @@ PipelineResult evaluate_checkpoint(const CheckpointEvalOptions& options,
     double num = 0.0;
     double den = 0.0;
     int64_t tokens = 0;
+    detail::RoutingCapture ref_routes(ref_layer);
+    detail::RoutingCapture own_routes(quant_layer);
+    detail::RoutingCapture carried_routes(quant_layer);
     for (size_t b = 0; b < ref_hidden.size(); ++b) {
-      const auto ref_out = ref_layer.forward(ref_hidden[b], contexts[b]);
+      at::Tensor ref_out;
+      {
+        auto recording = ref_routes.record();
+        ref_out = ref_layer.forward(ref_hidden[b], contexts[b]);
+      }
       at::Tensor local_out;
       at::Tensor quant_out;
       {
         fn::FunctionalOverride quantize(handlers);
         // The layer's own error on the original's inputs, and the error carried so far.
-        local_out = quant_layer.forward(ref_hidden[b], contexts[b]);
+        {
+          auto recording = own_routes.record();
+          local_out = quant_layer.forward(ref_hidden[b], contexts[b]);
+        }
+        auto recording = carried_routes.record();
         quant_out = quant_layer.forward(quant_hidden[b], contexts[b]);
       }
       const auto squared = [](const at::Tensor& a, const at::Tensor& e) {
@@ -554,6 +566,8 @@ PipelineResult evaluate_checkpoint(const CheckpointEvalOptions& options,
     lr.tokens = tokens;
     lr.output_error = local_den > 0.0 ? std::sqrt(local_num / local_den) : std::sqrt(local_num);
     lr.eval_hidden_error = den > 0.0 ? std::sqrt(num / den) : std::sqrt(num);
+    lr.routing =
+        detail::compare_routing(ref_routes, own_routes, carried_routes, options.keep_routes);
     lr.seconds = std::chrono::duration<double>(Clock::now() - layer_start).count();
     reference->release(ref_layer);
     quantized->release(quant_layer);

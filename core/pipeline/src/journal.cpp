@@ -18,7 +18,7 @@ namespace fs = std::filesystem;
 using Json = nlohmann::ordered_json;
 
 constexpr const char* kJournalFile = "journal.json";
-constexpr int kJournalVersion = 1;
+constexpr int kJournalVersion = 2;  // 2: layers carry their routing agreement
 
 // FNV-1a, 64 bits: a stable digest of token ids and files (not a security property).
 class Digest {
@@ -93,6 +93,22 @@ ExpertCoverage coverage_from_json(const Json& j) {
   return c;
 }
 
+Json agreement_to_json(const RoutingAgreement& a) {
+  return {{"same_set", a.same_set},
+          {"overlap", a.overlap},
+          {"top1_changed", a.top1_changed},
+          {"expert_tokens", a.expert_tokens}};
+}
+
+RoutingAgreement agreement_from_json(const Json& j) {
+  RoutingAgreement a;
+  a.same_set = j.at("same_set").get<int64_t>();
+  a.overlap = j.at("overlap").get<int64_t>();
+  a.top1_changed = j.at("top1_changed").get<int64_t>();
+  a.expert_tokens = j.at("expert_tokens").get<std::vector<int64_t>>();
+  return a;
+}
+
 Json layer_to_json(const LayerResult& layer) {
   Json projections = Json::array();
   for (const auto& p : layer.projections) {
@@ -108,6 +124,16 @@ Json layer_to_json(const LayerResult& layer) {
   for (const auto& c : layer.coverage) {
     coverage.push_back(coverage_to_json(c));
   }
+  Json routing = Json::array();
+  for (const auto& r : layer.routing) {
+    routing.push_back({{"block", r.block},
+                       {"tokens", r.tokens},
+                       {"top_k", r.top_k},
+                       {"num_experts", r.num_experts},
+                       {"reference_expert_tokens", r.reference_expert_tokens},
+                       {"own", agreement_to_json(r.own)},
+                       {"carried", agreement_to_json(r.carried)}});
+  }
   return {{"index", layer.index},
           {"skipped", layer.skipped},
           {"seconds", layer.seconds},
@@ -115,6 +141,7 @@ Json layer_to_json(const LayerResult& layer) {
           {"output_error", layer.output_error},
           {"eval_hidden_error", layer.eval_hidden_error},
           {"coverage", std::move(coverage)},
+          {"routing", std::move(routing)},
           {"projections", std::move(projections)}};
 }
 
@@ -128,6 +155,17 @@ LayerResult layer_from_json(const Json& j) {
   layer.eval_hidden_error = j.at("eval_hidden_error").get<double>();
   for (const auto& c : j.at("coverage")) {
     layer.coverage.push_back(coverage_from_json(c));
+  }
+  for (const auto& r : j.at("routing")) {
+    RoutingResult routing;
+    routing.block = r.at("block").get<std::string>();
+    routing.tokens = r.at("tokens").get<int64_t>();
+    routing.top_k = r.at("top_k").get<int64_t>();
+    routing.num_experts = r.at("num_experts").get<int64_t>();
+    routing.reference_expert_tokens = r.at("reference_expert_tokens").get<std::vector<int64_t>>();
+    routing.own = agreement_from_json(r.at("own"));
+    routing.carried = agreement_from_json(r.at("carried"));
+    layer.routing.push_back(std::move(routing));
   }
   for (const auto& p : j.at("projections")) {
     ProjectionResult pr;

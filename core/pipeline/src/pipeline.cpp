@@ -19,6 +19,7 @@
 
 #include "eval_metrics.h"
 #include "journal.h"
+#include "routing_metrics.h"
 
 namespace moeq::pipeline {
 namespace {
@@ -142,6 +143,12 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
             stream.hidden[b] = park(it->second.to(device));
           }
         };
+        // Only the routing counts are journaled, not every token's choices.
+        MOEQ_CHECK(!keep_routes_ || record->layers_done == 0,
+                   "'{}' resumes after layer {}: the expert choices of the layers done were not "
+                   "journaled, so --save-routing cannot write them (rerun with --restart, or "
+                   "without --save-routing)",
+                   options_.export_options.output.string(), record->layers_done);
         restore_stream(calib, "calib");
         restore_stream(eval_ref, "eval_ref");
         restore_stream(eval_quant, "eval_quant");
@@ -220,10 +227,19 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       }
     }
     lr.tokens = tokens;
-    for (auto* stream : {&eval_ref, &eval_quant}) {
+    // Both evaluation streams: on the original's inputs the layer routes as the original does.
+    detail::RoutingCapture ref_routes(layer);
+    detail::RoutingCapture carried_routes(layer);
+    const std::pair<Stream*, detail::RoutingCapture*> streams[] = {{&eval_ref, &ref_routes},
+                                                                   {&eval_quant, &carried_routes}};
+    for (auto [stream, routes] : streams) {
+      auto recording = routes->record();
       for (size_t b = 0; b < stream->hidden.size(); ++b) {
         stream->hidden[b] = park(layer.forward(unpark(stream->hidden[b]), stream->contexts[b]));
       }
+    }
+    if (evaluate) {
+      lr.routing = detail::compare_routing(ref_routes, ref_routes, carried_routes, keep_routes_);
     }
     lr.seconds = seconds_since(layer_start);
     model->release(layer);
@@ -256,9 +272,17 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       }
     }
     session.detach_all();
-    // 2. The original evaluation stream, while the layer still holds its original weights.
-    for (size_t b = 0; b < eval_ref.hidden.size(); ++b) {
-      eval_ref.hidden[b] = park(layer.forward(unpark(eval_ref.hidden[b]), eval_ref.contexts[b]));
+    // 2. The original evaluation stream, while the layer still holds its original weights; its
+    // inputs are kept for the quantized layer's own routing (step 4).
+    detail::RoutingCapture ref_routes(layer);
+    detail::RoutingCapture own_routes(layer);
+    detail::RoutingCapture carried_routes(layer);
+    const std::vector<at::Tensor> eval_ref_inputs = eval_ref.hidden;
+    {
+      auto recording = ref_routes.record();
+      for (size_t b = 0; b < eval_ref.hidden.size(); ++b) {
+        eval_ref.hidden[b] = park(layer.forward(unpark(eval_ref.hidden[b]), eval_ref.contexts[b]));
+      }
     }
     // 3. Scales and fake-quantized weights; each projection is exported as soon as it is
     // quantized and its original weight is then replaced by the quantized one.
@@ -316,9 +340,20 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       }
       lr.output_error = den > 0.0 ? std::sqrt(num / den) : std::sqrt(num);
       reference_out.clear();
-      for (size_t b = 0; b < eval_quant.hidden.size(); ++b) {
-        eval_quant.hidden[b] =
-            park(layer.forward(unpark(eval_quant.hidden[b]), eval_quant.contexts[b]));
+      {
+        auto recording = carried_routes.record();
+        for (size_t b = 0; b < eval_quant.hidden.size(); ++b) {
+          eval_quant.hidden[b] =
+              park(layer.forward(unpark(eval_quant.hidden[b]), eval_quant.contexts[b]));
+        }
+      }
+      // The quantized layer on the original's inputs: its own routing error, apart from the
+      // error the earlier layers carried in (the output is not needed).
+      if (evaluate && !ref_routes.blocks().empty()) {
+        auto recording = own_routes.record();
+        for (size_t b = 0; b < eval_ref_inputs.size(); ++b) {
+          layer.forward(unpark(eval_ref_inputs[b]), eval_ref.contexts[b]);
+        }
       }
     }
     if (evaluate) {
@@ -333,6 +368,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
         den += r * r;
       }
       lr.eval_hidden_error = den > 0.0 ? std::sqrt(num / den) : std::sqrt(num);
+      lr.routing = detail::compare_routing(ref_routes, own_routes, carried_routes, keep_routes_);
     }
     lr.coverage = session.coverage();
     lr.seconds = seconds_since(layer_start);

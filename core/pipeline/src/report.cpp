@@ -154,6 +154,123 @@ std::string svg_lines(const std::string& title,
   return s;
 }
 
+double fraction(int64_t count, int64_t total) {
+  return total > 0 ? static_cast<double>(count) / static_cast<double>(total) : 0.0;
+}
+
+// The report's form of one side's agreement: fractions of the block's tokens.
+Json agreement_json(const RoutingAgreement& a, int64_t tokens, int64_t top_k) {
+  return {{"same_set", fraction(a.same_set, tokens)},
+          {"overlap", fraction(a.overlap, tokens * top_k)},
+          {"top1_changed", fraction(a.top1_changed, tokens)},
+          {"expert_tokens", a.expert_tokens}};
+}
+
+// eval.routing: every MoE block's counts summed (each block saw the same tokens), and the block
+// whose top-k sets changed most on the carried stream.
+Json routing_summary(const std::vector<LayerResult>& layers) {
+  RoutingAgreement own;
+  RoutingAgreement carried;
+  int64_t tokens = 0;
+  int64_t picks = 0;
+  int64_t blocks = 0;
+  Json worst = nullptr;
+  double worst_same = 2.0;
+  for (const auto& layer : layers) {
+    for (const auto& r : layer.routing) {
+      for (auto [sum, a] : {std::pair{&own, &r.own}, std::pair{&carried, &r.carried}}) {
+        sum->same_set += a->same_set;
+        sum->overlap += a->overlap;
+        sum->top1_changed += a->top1_changed;
+      }
+      tokens += r.tokens;
+      picks += r.tokens * r.top_k;
+      ++blocks;
+      const double same = fraction(r.carried.same_set, r.tokens);
+      if (same < worst_same) {
+        worst_same = same;
+        worst = {{"layer", layer.index}, {"block", r.block}, {"same_set", same}};
+      }
+    }
+  }
+  if (blocks == 0) {
+    return nullptr;
+  }
+  const auto side = [&](const RoutingAgreement& a) {
+    return Json{{"same_set", fraction(a.same_set, tokens)},
+                {"overlap", fraction(a.overlap, picks)},
+                {"top1_changed", fraction(a.top1_changed, tokens)}};
+  };
+  return {{"blocks", blocks}, {"own", side(own)}, {"carried", side(carried)}, {"worst", worst}};
+}
+
+// Per MoE block, the agreement of the quantized model's expert choices with the original's (own
+// and carried), and a heatmap of how much each expert's share of the picks moved.
+std::string routing_html(const Json& layers) {
+  std::string rows;
+  Heatmap shift{"Routing shift per expert (carried)",
+                "|quantized - original| share of the block's expert picks on the evaluation "
+                "tokens, the quantized model on its own stream (darker: larger). Hover a cell for "
+                "the token counts.",
+                {},
+                {},
+                {},
+                {},
+                117,
+                58,
+                158,
+                0.0};
+  for (const auto& layer : layers) {
+    for (const auto& r : layer["routing"]) {
+      const auto name = r["block"].get<std::string>();
+      const auto tokens = r["tokens"].get<int64_t>();
+      const auto k = r["top_k"].get<int64_t>();
+      const auto pct = [&](const char* side, const char* key) {
+        return 100.0 * r[side][key].get<double>();
+      };
+      const bool changed = r["carried"]["same_set"].get<double>() < 1.0;
+      rows += fmt::format(
+          "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2f} %</td><td>{:.2f} %</td>"
+          "<td>{:.4f}</td><td>{:.4f}</td><td>{:.2f} %</td><td>{:.2f} %</td></tr>",
+          changed ? "" : " style='color:#666'", layer["index"].get<int64_t>(), escape(name), tokens,
+          k, pct("own", "same_set"), pct("carried", "same_set"), r["own"]["overlap"].get<double>(),
+          r["carried"]["overlap"].get<double>(), pct("own", "top1_changed"),
+          pct("carried", "top1_changed"));
+      const double picks = static_cast<double>(tokens * k);
+      std::vector<double> values;
+      std::vector<std::string> tips;
+      for (size_t e = 0; e < r["reference"]["expert_tokens"].size(); ++e) {
+        const auto ref = r["reference"]["expert_tokens"][e].get<int64_t>();
+        const auto quant = r["carried"]["expert_tokens"][e].get<int64_t>();
+        values.push_back(picks > 0 ? std::abs(static_cast<double>(quant - ref)) / picks : 0.0);
+        shift.max_value = std::max(shift.max_value, values.back());
+        tips.push_back(fmt::format("{} expert {}: original {} tokens, quantized {} ({:+})", name, e,
+                                   ref, quant, quant - ref));
+      }
+      shift.rows.push_back(name);
+      shift.outline.emplace_back(values.size(), false);
+      shift.values.push_back(std::move(values));
+      shift.tips.push_back(std::move(tips));
+    }
+  }
+  if (rows.empty()) {
+    return {};
+  }
+  std::string s =
+      "<h2>Routing agreement</h2><p>The quantized model's top-k expert choices against the "
+      "original's, per token of the evaluation. <b>own</b>: the quantized layer on the original's "
+      "inputs to the layer (its own attention and router error); <b>carried</b>: on the quantized "
+      "model's own stream (what an engine running it routes). Overlap: mean |A&cap;B|/k. Grey: "
+      "every top-k set unchanged.</p><table><tr><th>layer</th><th>block</th><th>tokens</th>"
+      "<th>k</th><th>set unchanged (own)</th><th>set unchanged (carried)</th><th>overlap "
+      "(own)</th><th>overlap (carried)</th><th>top-1 changed (own)</th><th>top-1 changed "
+      "(carried)</th></tr>";
+  s += rows;
+  s += "</table>";
+  s += svg_heatmap(shift);
+  return s;
+}
+
 }  // namespace
 
 int64_t Report::starved_threshold(int64_t block_tokens) {
@@ -219,6 +336,16 @@ Report::Report(const PipelineResult& result, const RunInfo& info) {
                              {"rows_seen", p.rows_seen},
                              {"fallback", p.fallback}});
     }
+    Json routing = Json::array();
+    for (const auto& r : layer.routing) {
+      routing.push_back({{"block", r.block},
+                         {"tokens", r.tokens},
+                         {"top_k", r.top_k},
+                         {"num_experts", r.num_experts},
+                         {"reference", {{"expert_tokens", r.reference_expert_tokens}}},
+                         {"own", agreement_json(r.own, r.tokens, r.top_k)},
+                         {"carried", agreement_json(r.carried, r.tokens, r.top_k)}});
+    }
     layers.push_back({{"index", layer.index},
                       {"skipped", layer.skipped},
                       {"seconds", layer.seconds},
@@ -227,6 +354,7 @@ Report::Report(const PipelineResult& result, const RunInfo& info) {
                       {"output_error", layer.output_error},
                       {"eval_hidden_error", layer.eval_hidden_error},
                       {"blocks", blocks},
+                      {"routing", routing},
                       {"projections", projections}});
   }
   Json eval = nullptr;
@@ -241,7 +369,8 @@ Report::Report(const PipelineResult& result, const RunInfo& info) {
               {"max", e.kl_max}}},
             {"ppl_reference", e.ppl_reference},
             {"ppl_quantized", e.ppl_quantized},
-            {"top1_agreement", e.top1_agreement}};
+            {"top1_agreement", e.top1_agreement},
+            {"routing", routing_summary(result.layers)}};
   }
   json_ = {{"moeq_report", 1}, {"run", run},
            {"layers", layers}, {"starved_experts", starved},
@@ -382,6 +511,7 @@ std::string Report::html() const {
   if (!error.rows.empty()) {
     s += svg_heatmap(error);
   }
+  s += routing_html(json_["layers"]);
   std::vector<std::pair<std::string, std::vector<double>>> series = {
       {"layer output error (calibration inputs)", output_error}};
   if (!json_["eval"].is_null()) {
@@ -438,6 +568,16 @@ std::string Report::summary_text() const {
         e["tokens"].get<int64_t>(), e["kl"]["mean"].get<double>(), e["kl"]["p99"].get<double>(),
         e["ppl_reference"].get<double>(), e["ppl_quantized"].get<double>(),
         100.0 * e["top1_agreement"].get<double>());
+    if (!e["routing"].is_null()) {
+      const auto& r = e["routing"];
+      s += fmt::format(
+          "  routing over {} MoE blocks: top-k set unchanged {:.2f} % (own {:.2f} %), overlap "
+          "{:.4f}, top-1 expert changed {:.2f} %; worst layer {} ({:.2f} % unchanged)\n",
+          r["blocks"].get<int64_t>(), 100.0 * r["carried"]["same_set"].get<double>(),
+          100.0 * r["own"]["same_set"].get<double>(), r["carried"]["overlap"].get<double>(),
+          100.0 * r["carried"]["top1_changed"].get<double>(), r["worst"]["layer"].get<int64_t>(),
+          100.0 * r["worst"]["same_set"].get<double>());
+    }
   }
   return s;
 }

@@ -9,9 +9,10 @@
 // model's stacks are rebuilt from the export's per-expert projections.
 //
 // The result is a PipelineResult (so the report's JSON and HTML apply): per layer the relative
-// error of the quantized model's hidden states against the original's, per projection the
-// relative weight error of the decompressed weight, and at the end the next-token comparison
-// (true KL divergence with percentiles, both perplexities, top-1 agreement).
+// error of the quantized model's hidden states against the original's, per MoE block how its
+// expert choices changed (on the original's inputs to the layer and on the quantized stream), per
+// projection the relative weight error of the decompressed weight, and at the end the next-token
+// comparison (true KL divergence with percentiles, both perplexities, top-1 agreement).
 #pragma once
 
 #include <moeq/pipeline/pipeline.h>
@@ -57,6 +58,7 @@ struct CheckpointEvalOptions {
   runtime::Placement placement;
   std::vector<at::Tensor> eval_batches;  // input_ids [b, S] each
   bool keep_logits = false;
+  bool keep_routes = false;  // every token's expert choices in the layers' routing results
 };
 
 // `checkpoint` is read_quantized_checkpoint(options.quantized_dir).

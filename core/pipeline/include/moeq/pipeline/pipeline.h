@@ -23,6 +23,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -74,6 +75,37 @@ struct ProjectionResult {
   bool fallback = false;
 };
 
+// One side's expert choices in an MoE block on the evaluation tokens (row t: token t of the
+// evaluation batches concatenated, each [b, S] flattened row-major); CPU.
+struct Routes {
+  at::Tensor topk_ids;      // [tokens, k] int32
+  at::Tensor topk_weights;  // [tokens, k] fp32: the weights the experts' outputs are combined with
+};
+
+// How the quantized model's expert choices compare with the original's, token by token.
+struct RoutingAgreement {
+  int64_t same_set = 0;                // tokens whose top-k set is unchanged
+  int64_t overlap = 0;                 // sum over tokens of |A ∩ B| (divide by tokens * k)
+  int64_t top1_changed = 0;            // tokens whose highest-weight expert changed
+  std::vector<int64_t> expert_tokens;  // (token, slot) picks per expert on the quantized side
+};
+
+// One MoE block's routing on the evaluation tokens (moeq eval, and moeq quantize with an
+// evaluation). `own`: the quantized layer run on the original's inputs to the layer (its own
+// attention and router error); `carried`: on the quantized model's own stream (what an engine
+// running the checkpoint routes).
+struct RoutingResult {
+  std::string block;
+  int64_t tokens = 0;
+  int64_t top_k = 0;
+  int64_t num_experts = 0;
+  std::vector<int64_t> reference_expert_tokens;
+  RoutingAgreement own;
+  RoutingAgreement carried;
+  // The choices themselves, kept only when asked (--save-routing).
+  std::optional<Routes> reference_routes, own_routes, carried_routes;
+};
+
 struct LayerResult {
   int64_t index = 0;
   bool skipped = false;  // the stages skipped it: run in its original precision only
@@ -86,6 +118,8 @@ struct LayerResult {
   double output_error = 0.0;
   // The same on the evaluation stream (inputs that themselves carry the earlier layers' error).
   double eval_hidden_error = 0.0;
+  // Per MoE block, when evaluating (empty for a dense layer).
+  std::vector<RoutingResult> routing;
 };
 
 struct EvalResult {
@@ -127,12 +161,15 @@ class Pipeline {
   PipelineResult run(const PipelineProgress& progress = {});
   // Keep the evaluation logits in the result (tests, --save-eval-logits).
   void keep_eval_logits(bool keep) { keep_eval_logits_ = keep; }
+  // Keep every token's expert choices in the layers' routing results (--save-routing).
+  void keep_routes(bool keep) { keep_routes_ = keep; }
 
  private:
   PipelineOptions options_;
   ModelBuilder build_;
   LayerSession::AdapterLookup adapters_;
   bool keep_eval_logits_ = false;
+  bool keep_routes_ = false;
 };
 
 // KL(reference || quantized) per position from two logits tensors [..., V] (fp32 math).

@@ -2,7 +2,8 @@
 // and a self-contained HTML page (inline SVG, no scripts, no network): per layer and expert the
 // routed token share and the tokens seen, experts that got few or no routed tokens highlighted,
 // per-expert weight error, per-layer output error, and the evaluation (KL divergence, perplexity,
-// top-1 agreement). summary_text() is what the command prints at the end.
+// top-1 agreement, and per MoE block how the quantized model's expert choices moved; the schema
+// is in docs/evaluation.md). summary_text() is what the command prints at the end.
 #pragma once
 
 #include <moeq/pipeline/pipeline.h>
