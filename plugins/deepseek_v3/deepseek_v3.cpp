@@ -1,8 +1,8 @@
 // The deepseek_v3 plugin: DeepseekV3ForCausalLM (DeepSeek-V3, R1, V3.1; Kimi-K2-style configs),
 // a hard-tier model. What makes it hard, and which stage of the pipeline each part takes over:
 // - source loading: the published weights are FP8 E4M3 with 128x128 `weight_scale_inv` blocks;
-//   a DerivedSource dequantizes each projection to bf16 as its layer is loaded, so calibration
-//   and quantization see the weights the model computes with;
+//   the runtime's dequantize_fp8_blocks (a DerivedSource) dequantizes each projection to bf16 as
+//   its layer is loaded, so calibration and quantization see the weights the model computes with;
 // - attention: multi-head latent attention (low-rank q and kv with their own norms, a shared
 //   RoPE key, interleaved rotary channels, YaRN with mscale folded into the softmax scale);
 // - routing: sigmoid scores plus a correction bias choose top-k experts within the top groups
@@ -18,6 +18,7 @@
 #include <moeq/registry/plugin_abi.h>
 #include <moeq/registry/plugin_registrar.h>
 #include <moeq/runtime/model_config.h>
+#include <moeq/runtime/weight_source.h>
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
@@ -157,8 +158,7 @@ std::unique_ptr<CausalLM> build_deepseek_v3(const moeq::io::HfConfig& config,
   lm.tie_word_embeddings = config.get_or("tie_word_embeddings", false);
   lm.norm_type = "DeepseekV3RMSNorm";
   auto model = std::make_unique<CausalLM>(
-      "DeepseekV3ForCausalLM", lm, moeq_plugins::dequantize_fp8_blocks(std::move(weights), config),
-      options);
+      "DeepseekV3ForCausalLM", lm, dequantize_fp8_blocks(std::move(weights), config), options);
   // The MTP layer(s) after the last decoder layer are not run: excluded, copied through.
   const auto mtp = config.get_or<int64_t>("num_nextn_predict_layers", 0);
   for (int64_t i = 0; i < mtp; ++i) {

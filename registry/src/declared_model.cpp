@@ -3,6 +3,7 @@
 #include <moeq/adapters/sparse_moe.h>
 #include <moeq/runtime/model_config.h>
 #include <moeq/runtime/sigmoid_router.h>
+#include <moeq/runtime/weight_source.h>
 
 #include <algorithm>
 #include <optional>
@@ -379,11 +380,16 @@ struct DeclaredModel {
 
   double default_theta = 10000.0;
   std::optional<double> default_partial_rotary_factor;
+  Value rotary_dim;  // 0: not given
 
   Value qkv_bias;
   Value o_bias;
   Value qk_norm;
+  runtime::QkNormScope qk_norm_scope = runtime::QkNormScope::kPerHead;
   Value sliding_window;
+
+  bool fp8_block_scaled = false;  // source format
+  Value weight_block_size;
 
   bool sigmoid = false;  // router kind
   ConfigNode router_where;
@@ -624,6 +630,18 @@ const std::vector<ValueSpec>& moe_layer_values() {
   return specs;
 }
 
+const ValueSpec& rotary_dim_value() {
+  static const ValueSpec spec{
+      .name = "rotary_dim",
+      .type = ValueType::kInteger,
+      .fallback = int64_t{0},
+      .min = 0,
+      .doc =
+          "the rotated channels of each head (MiniMax-M2's rotary_dim) when config.json gives "
+          "no partial_rotary_factor; both given must agree; 0: not given"};
+  return spec;
+}
+
 std::shared_ptr<const Schema> rope_schema() {
   static const auto schema = std::make_shared<const Schema>(
       "rope",
@@ -642,7 +660,51 @@ std::shared_ptr<const Schema> rope_schema() {
            .min_exclusive = true,
            .doc = "the rotated fraction of each head when config.json gives no "
                   "partial_rotary_factor (GLM-4.5: 0.5); unset: 1"},
+          value_field(rotary_dim_value()),
       });
+  return schema;
+}
+
+std::shared_ptr<const Schema> attention_schema() {
+  static const auto schema = value_schema(
+      "attention", attention_values(),
+      {Field{.name = "qk_norm_scope",
+             .type = FieldType::kString,
+             .default_value = std::string("per_head"),
+             .choices = {"per_head", "full_width"},
+             .doc = "what the q/k norm normalises: each head (Qwen3, GLM-4.5: weights [head_dim]) "
+                    "or the whole projection before the heads are split (MiniMax-M2: weights "
+                    "[heads * head_dim])"}});
+  return schema;
+}
+
+const std::vector<std::string>& source_formats() {
+  static const std::vector<std::string> formats = {"as_stored", "fp8_block_scaled"};
+  return formats;
+}
+
+const ValueSpec& weight_block_size_value() {
+  static const ValueSpec spec{
+      .name = "weight_block_size",
+      .type = ValueType::kIntegerList,
+      .keys = {"quantization_config.weight_block_size"},
+      .fallback = std::vector<int64_t>{128, 128},
+      .min = 1,
+      .doc = "fp8_block_scaled: [rows, cols] of each weight_scale_inv block"};
+  return spec;
+}
+
+std::shared_ptr<const Schema> source_schema() {
+  static const auto schema = value_schema(
+      "source", {weight_block_size_value()},
+      {Field{.name = "format",
+             .type = FieldType::kString,
+             .default_value = std::string("as_stored"),
+             .choices = source_formats(),
+             .doc = "as_stored: tensors are read as the checkpoint stores them; fp8_block_scaled: "
+                    "each '<m>.weight' with a '<m>.weight_scale_inv' beside it is FP8 E4M3 "
+                    "dequantized to bf16 per block (DeepSeek-V3, MiniMax-M2), the other tensors "
+                    "read as stored (a bf16 release loads unchanged)"}});
   return schema;
 }
 
@@ -722,9 +784,13 @@ std::vector<Field> model_fields() {
        .doc = "RoPE defaults"},
       {.name = "attention",
        .type = FieldType::kSection,
-       .section = value_schema("attention", attention_values()),
+       .section = attention_schema(),
        .doc = "the attention's options (GQA from num_attention_heads, num_key_value_heads, "
               "head_dim)"},
+      {.name = "source",
+       .type = FieldType::kSection,
+       .section = source_schema(),
+       .doc = "how the checkpoint stores the weights"},
       {.name = "router",
        .type = FieldType::kSection,
        .required = true,
@@ -816,13 +882,32 @@ std::shared_ptr<const DeclaredModel> parse_model(const ConfigNode& node) {
   if (rope.given("default_partial_rotary_factor")) {
     m->default_partial_rotary_factor = rope.number("default_partial_rotary_factor");
   }
+  m->rotary_dim = parse_value(rope, rotary_dim_value());
 
-  const ParsedFields attention =
-      section_or_empty(f, "attention", value_schema("attention", attention_values()));
+  const ParsedFields attention = section_or_empty(f, "attention", attention_schema());
   m->qkv_bias = parse_value(attention, spec(attention_values(), "qkv_bias"));
   m->o_bias = parse_value(attention, spec(attention_values(), "o_bias"));
   m->qk_norm = parse_value(attention, spec(attention_values(), "qk_norm"));
+  m->qk_norm_scope = attention.string("qk_norm_scope") == "full_width"
+                         ? runtime::QkNormScope::kFullWidth
+                         : runtime::QkNormScope::kPerHead;
   m->sliding_window = parse_value(attention, spec(attention_values(), "sliding_window"));
+
+  const ParsedFields source = section_or_empty(f, "source", source_schema());
+  m->fp8_block_scaled = source.string("format") == "fp8_block_scaled";
+  if (!m->fp8_block_scaled && source.given("weight_block_size")) {
+    source.where("weight_block_size")
+        .fail(fmt::format("only used with format 'fp8_block_scaled' (format is '{}')",
+                          source.string("format")));
+  }
+  m->weight_block_size = parse_value(source, weight_block_size_value());
+  if (const auto* block = std::get_if<std::vector<int64_t>>(&m->weight_block_size.literal);
+      block != nullptr && block->size() != 2) {
+    const ConfigNode at = m->weight_block_size.where.node.IsMap()
+                              ? m->weight_block_size.where.child("default")
+                              : m->weight_block_size.where;
+    at.fail(fmt::format("expected [rows, cols], got {} values", block->size()));
+  }
 
   const ParsedFields& router = f.section("router");
   m->router_where = router.node();
@@ -968,6 +1053,15 @@ std::unique_ptr<runtime::CausalLM> build_declared(const DeclaredModel& m,
   lm.rms_norm_eps = eps;
   lm.tie_word_embeddings = resolve<bool>(m.tie_word_embeddings, config);
   lm.norm_type = m.types.norm;
+  if (m.fp8_block_scaled) {
+    const auto block = resolve<std::vector<int64_t>>(m.weight_block_size, config);
+    if (block.size() != 2 || block[0] < 1 || block[1] < 1) {
+      m.weight_block_size.where.fail(
+          fmt::format("{} must be [rows, cols] of positive integers, got [{}]",
+                      source_of(m.weight_block_size, config), fmt::join(block, ", ")));
+    }
+    weights = runtime::dequantize_fp8_blocks(std::move(weights), block[0], block[1]);
+  }
   auto model = std::make_unique<CausalLM>(m.architecture, lm, std::move(weights), options);
   const auto excluded = resolve<int64_t>(m.excluded_layers, config);
   if (excluded < 0) {
@@ -979,9 +1073,28 @@ std::unique_ptr<runtime::CausalLM> build_declared(const DeclaredModel& m,
   }
 
   auto rope = runtime::model_config::rope_options(config, head_dim, m.default_theta);
-  if (m.default_partial_rotary_factor && !config.contains("partial_rotary_factor") &&
-      !config.contains("rope_parameters.partial_rotary_factor") &&
-      !config.contains("rope_scaling.partial_rotary_factor")) {
+  const bool factor_given = config.contains("partial_rotary_factor") ||
+                            config.contains("rope_parameters.partial_rotary_factor") ||
+                            config.contains("rope_scaling.partial_rotary_factor");
+  if (const auto rotary_dim = resolve<int64_t>(m.rotary_dim, config); rotary_dim != 0) {
+    if (rotary_dim < 0 || rotary_dim > head_dim || rotary_dim % 2 != 0) {
+      m.rotary_dim.where.fail(
+          fmt::format("{} must be a positive even number <= head_dim {}, got {}",
+                      source_of(m.rotary_dim, config), head_dim, rotary_dim));
+    }
+    const auto from_dim = static_cast<double>(rotary_dim) / static_cast<double>(head_dim);
+    // The same agreement test as transformers' int(head_dim * partial_rotary_factor).
+    if (factor_given && static_cast<int64_t>(static_cast<double>(head_dim) *
+                                             rope.partial_rotary_factor) != rotary_dim) {
+      m.rotary_dim.where.fail(
+          fmt::format("{} {} disagrees with partial_rotary_factor {} (head_dim {}) in config '{}'",
+                      source_of(m.rotary_dim, config), rotary_dim, rope.partial_rotary_factor,
+                      head_dim, config.source()));
+    }
+    if (!factor_given) {
+      rope.partial_rotary_factor = from_dim;
+    }
+  } else if (m.default_partial_rotary_factor && !factor_given) {
     rope.partial_rotary_factor = *m.default_partial_rotary_factor;
   }
   auto rotary = std::make_shared<const RotaryEmbedding>(rope);
@@ -995,6 +1108,7 @@ std::unique_ptr<runtime::CausalLM> build_declared(const DeclaredModel& m,
   attention.qkv_bias = resolve<bool>(m.qkv_bias, config);
   attention.o_bias = resolve<bool>(m.o_bias, config);
   attention.qk_norm = resolve<bool>(m.qk_norm, config);
+  attention.qk_norm_scope = m.qk_norm_scope;
   attention.qk_norm_type = m.types.norm;
   attention.qk_norm_eps = eps;
   attention.sliding_window = resolve<int64_t>(m.sliding_window, config);

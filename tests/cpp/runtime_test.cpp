@@ -237,6 +237,125 @@ TEST(RuntimeBlocks, SlidingWindowAndPaddingMask) {
   EXPECT_TRUE(at::equal(m, at::tensor(expect).view({4, 4})));
 }
 
+// The full-width q/k norm (MiniMax-M2, OLMoE): RMSNorm over all of q_proj's and k_proj's outputs,
+// then the heads are split, as transformers' MiniMaxM2Attention computes it.
+TEST(RuntimeBlocks, FullWidthQkNormNormalisesBeforeTheHeadsSplit) {
+  using moeq::runtime::QkNormScope;
+  const int64_t b = 2, s = 5, hidden = 16, heads = 4, kv_heads = 2, d = 4;
+  moeq::runtime::AttentionOptions o;
+  o.hidden_size = hidden;
+  o.num_heads = heads;
+  o.num_kv_heads = kv_heads;
+  o.head_dim = d;
+  o.qk_norm = true;
+  o.qk_norm_eps = 1e-6;
+  moeq::runtime::RopeOptions rope;
+  rope.head_dim = d;
+  rope.partial_rotary_factor = 0.5;
+  auto rotary = std::make_shared<const moeq::runtime::RotaryEmbedding>(rope);
+
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
+  std::map<std::string, at::Tensor> w = {
+      {"attn.q_proj.weight", at::randn({heads * d, hidden}, gen)},
+      {"attn.k_proj.weight", at::randn({kv_heads * d, hidden}, gen)},
+      {"attn.v_proj.weight", at::randn({kv_heads * d, hidden}, gen)},
+      {"attn.o_proj.weight", at::randn({hidden, heads * d}, gen)},
+      {"attn.q_norm.weight", 1.0 + 0.1 * at::randn({heads * d}, gen)},
+      {"attn.k_norm.weight", 1.0 + 0.1 * at::randn({kv_heads * d}, gen)},
+  };
+  moeq::runtime::TensorMapSource source(w);
+  o.qk_norm_scope = QkNormScope::kFullWidth;
+  moeq::runtime::Attention full("Attn", "attn", o, rotary);
+  full.load(source, {});
+  auto x = at::randn({b, s, hidden}, gen);
+  moeq::runtime::ForwardContext ctx(b, s, {}, {}, {});
+  auto got = full.forward(x, ctx);
+
+  auto rms = [](const at::Tensor& t, const at::Tensor& weight) {
+    return weight * (t * at::rsqrt(t.pow(2).mean(-1, true) + 1e-6));
+  };
+  auto heads_of = [&](const at::Tensor& t) { return t.view({b, s, -1, d}).transpose(1, 2); };
+  auto q = heads_of(rms(at::matmul(x, w["attn.q_proj.weight"].t()), w["attn.q_norm.weight"]));
+  auto k = heads_of(rms(at::matmul(x, w["attn.k_proj.weight"].t()), w["attn.k_norm.weight"]));
+  auto v = heads_of(at::matmul(x, w["attn.v_proj.weight"].t()));
+  const auto& [cos, sin] = ctx.rope(*rotary);
+  q = moeq::runtime::RotaryEmbedding::apply(q, cos, sin);
+  k = moeq::runtime::RotaryEmbedding::apply(k, cos, sin).repeat_interleave(heads / kv_heads, 1);
+  v = v.repeat_interleave(heads / kv_heads, 1);
+  auto scores =
+      at::matmul(q, k.transpose(2, 3)) / std::sqrt(static_cast<double>(d)) + ctx.additive_mask(0);
+  auto out = at::matmul(at::softmax(scores, -1), v).transpose(1, 2).reshape({b, s, -1});
+  auto expect = at::matmul(out, w["attn.o_proj.weight"].t());
+  EXPECT_TRUE(at::allclose(got, expect, 1e-5, 1e-5)) << (got - expect).abs().max();
+
+  // Per head, the same checkpoint's norms have the wrong shape: the error says which.
+  o.qk_norm_scope = QkNormScope::kPerHead;
+  moeq::runtime::Attention per_head("Attn", "attn", o, rotary);
+  try {
+    per_head.load(source, {});
+    ADD_FAILURE() << "per-head norms loaded full-width weights";
+  } catch (const moeq::Error& e) {
+    EXPECT_NE(e.message().find("tensor 'attn.q_norm.weight' has shape [16], expected [4]"),
+              std::string::npos)
+        << e.message();
+  }
+}
+
+// ---- weight sources -----------------------------------------------------------------------------
+
+TEST(RuntimeSource, Fp8BlocksAreDequantizedWhereAScaleIsBeside) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  auto q = at::randn({4, 6}, gen).to(at::kFloat8_e4m3fn);
+  auto scale = at::rand({2, 3}, gen) + 0.5;  // 2x2 blocks
+  auto plain = at::randn({3}, gen).to(at::kBFloat16);
+  auto base = std::make_shared<moeq::runtime::TensorMapSource>(std::map<std::string, at::Tensor>{
+      {"a.weight", q}, {"a.weight_scale_inv", scale}, {"a.bias", plain}});
+  auto source = moeq::runtime::dequantize_fp8_blocks(base, 2, 2);
+  EXPECT_EQ(source->names(), (std::vector<std::string>{"a.bias", "a.weight"}));
+  EXPECT_FALSE(source->has("a.weight_scale_inv"));
+  auto expect =
+      (q.to(at::kFloat) * scale.repeat_interleave(2, 0).repeat_interleave(2, 1)).to(at::kBFloat16);
+  EXPECT_TRUE(at::equal(source->get("a.weight"), expect));
+  EXPECT_TRUE(at::equal(source->get("a.bias"), plain));
+  EXPECT_NE(source->describe().find("FP8 2x2 block weights dequantized to bf16"), std::string::npos)
+      << source->describe();
+
+  // The block from config.json; without one, 128x128; a bf16 source is returned as is.
+  auto configured = moeq::runtime::dequantize_fp8_blocks(
+      base, hf(nlohmann::json{{"quantization_config", {{"weight_block_size", {2, 2}}}}}));
+  EXPECT_TRUE(at::equal(configured->get("a.weight"), expect));
+  EXPECT_NE(moeq::runtime::dequantize_fp8_blocks(base, hf(nlohmann::json::object()))
+                ->describe()
+                .find("FP8 128x128"),
+            std::string::npos);
+  auto bf16 = std::make_shared<moeq::runtime::TensorMapSource>(
+      std::map<std::string, at::Tensor>{{"a.bias", plain}});
+  EXPECT_EQ(moeq::runtime::dequantize_fp8_blocks(bf16, 128, 128), bf16);
+
+  auto message = [](auto&& f) {
+    try {
+      f();
+    } catch (const moeq::Error& e) {
+      return e.message();
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(message([&] {
+              moeq::runtime::dequantize_fp8_blocks(
+                  base, hf(nlohmann::json{{"quantization_config",
+                                           {{"weight_block_size", nlohmann::json::array({128})}}}},
+                           "/m/c.json"));
+            }),
+            "config '/m/c.json': quantization_config.weight_block_size must be [rows, cols], got "
+            "1 values");
+  EXPECT_EQ(message([&] { moeq::runtime::dequantize_fp8_blocks(base, 0, 128); }),
+            "tensor map: FP8 weight block must be positive [rows, cols], got [0, 128]");
+  auto alone = std::make_shared<moeq::runtime::TensorMapSource>(
+      std::map<std::string, at::Tensor>{{"b.weight_scale_inv", scale}});
+  EXPECT_EQ(message([&] { moeq::runtime::dequantize_fp8_blocks(alone, 2, 2); }),
+            "tensor map: 'b.weight_scale_inv' has no weight 'b.weight' beside it");
+}
+
 // ---- config -------------------------------------------------------------------------------------
 
 TEST(RuntimeConfig, ErrorsNameTheFieldAndFile) {

@@ -1,10 +1,12 @@
 """Models declared in YAML (the easy tier without compiled code, registry/declared_model.h).
 
-tools/recipes/models/glm4_moe.yaml declares Glm4MoeForCausalLM. On the tiny GLM-4.5 fixture
-(tools/fixtures/make_tiny_glm4_minimax.py) the declared model and the compiled plugin
-plugins/glm4_moe give bit-identical fp32 CPU logits and routing, both match transformers 5.17.0,
-and `moeq quantize` writes byte-identical checkpoints with either. Malformed stanzas fail with the
-file, line, column, key path and the bad value.
+tools/recipes/models/glm4_moe.yaml declares Glm4MoeForCausalLM and minimax_m2.yaml
+MiniMaxM2ForCausalLM (full-width q/k norm, FP8 block-scaled source). On the tiny fixtures
+(tools/fixtures/make_tiny_glm4_minimax.py; MiniMax-M2 in bf16 and as FP8 blocks) each declared
+model and its compiled plugin (plugins/glm4_moe, plugins/minimax_m2) give bit-identical fp32 CPU
+logits and routing, both match transformers 5.17.0, and `moeq quantize` writes byte-identical
+checkpoints with either. Malformed stanzas fail with the file, line, column, key path and the bad
+value.
 """
 import json
 import os
@@ -25,6 +27,9 @@ if not os.path.isabs(BUILD):
 MOEQ = os.path.join(BUILD, "tools", "cli", "moeq")
 GLM_YAML = os.path.join(ROOT, "tools", "recipes", "models", "glm4_moe.yaml")
 GLM_TEXT = open(GLM_YAML).read()
+MM_YAML = os.path.join(ROOT, "tools", "recipes", "models", "minimax_m2.yaml")
+MM_TEXT = open(MM_YAML).read()
+MINIMAX = ["minimax_m2", "minimax_m2_fp8"]  # the same weights, in bf16 and as FP8 blocks
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +44,13 @@ def _run(ops, model_dir, ref, b, plugins):
                          ref.get(f"position_ids_{b}"), torch.float32, None, False, "", plugins)
 
 
-def test_declared_glm4_equals_the_compiled_plugin_bit_for_bit(tiny_models, ops):
-    d = os.path.join(tiny_models, "glm4_moe")
-    ref = load_file(os.path.join(d, "reference.safetensors"))
+def _assert_declared_equals_compiled(ops, d, ref, yaml, plugin, layers):
     b = 0
     while f"input_ids_{b}" in ref:
-        declared = _run(ops, d, ref, b, [GLM_YAML])
-        compiled = _run(ops, d, ref, b, ["glm4_moe"])
+        declared = _run(ops, d, ref, b, [yaml])
+        compiled = _run(ops, d, ref, b, [plugin])
         assert torch.equal(declared[0], compiled[0]), f"batch {b}: logits differ"
-        assert len(declared[1]) == len(compiled[1]) == len(MOE_LAYERS["glm4_moe"])
+        assert len(declared[1]) == len(compiled[1]) == len(layers)
         for x, y in zip(declared[1], compiled[1]):
             assert torch.equal(x, y), f"batch {b}: expert choices differ"
         for x, y in zip(declared[2], compiled[2]):
@@ -56,17 +59,54 @@ def test_declared_glm4_equals_the_compiled_plugin_bit_for_bit(tiny_models, ops):
     assert b >= 3
 
 
-def test_declared_glm4_matches_transformers(tiny_models, ops):
-    d = os.path.join(tiny_models, "glm4_moe")
-    ref = load_file(os.path.join(d, "reference.safetensors"))
-
+def _declared_parity(ops, d, ref, yaml, layers):
     class Declared:  # _parity's ops, with the declared model as the only plugin
         @staticmethod
         def run_model(*args):
-            return ops.run_model(*args, [GLM_YAML])
-    worst = _parity(Declared, d, ref, MOE_LAYERS["glm4_moe"])
+            return ops.run_model(*args, [yaml])
+    return _parity(Declared, d, ref, layers)
+
+
+def test_declared_glm4_equals_the_compiled_plugin_bit_for_bit(tiny_models, ops):
+    d = os.path.join(tiny_models, "glm4_moe")
+    ref = load_file(os.path.join(d, "reference.safetensors"))
+    _assert_declared_equals_compiled(ops, d, ref, GLM_YAML, "glm4_moe", MOE_LAYERS["glm4_moe"])
+
+
+def test_declared_glm4_matches_transformers(tiny_models, ops):
+    d = os.path.join(tiny_models, "glm4_moe")
+    ref = load_file(os.path.join(d, "reference.safetensors"))
+    worst = _declared_parity(ops, d, ref, GLM_YAML, MOE_LAYERS["glm4_moe"])
     print(f"declared glm4_moe: max relative logit error {worst:.3g}")
     assert worst <= 1e-4
+
+
+@pytest.mark.parametrize("name", MINIMAX)
+def test_declared_minimax_equals_the_compiled_plugin_bit_for_bit(tiny_models, ops, name):
+    d = os.path.join(tiny_models, name)
+    ref = load_file(os.path.join(d, "reference.safetensors"))
+    _assert_declared_equals_compiled(ops, d, ref, MM_YAML, "minimax_m2", MOE_LAYERS[name])
+
+
+@pytest.mark.parametrize("name", MINIMAX)
+def test_declared_minimax_matches_transformers(tiny_models, ops, name):
+    d = os.path.join(tiny_models, name)
+    ref = load_file(os.path.join(d, "reference.safetensors"))
+    worst = _declared_parity(ops, d, ref, MM_YAML, MOE_LAYERS[name])
+    print(f"declared {name}: max relative logit error {worst:.3g}")
+    assert worst <= 1e-4
+
+
+def test_declared_minimax_reads_rotary_dim_alone(tiny_models, ops, tmp_path):
+    """The published config spells the rotary width rotary_dim only: the stanza's rope.rotary_dim
+    gives the compiled plugin's partial RoPE."""
+    def drop(c):
+        c["rope_parameters"].pop("partial_rotary_factor")
+    d = _copy_model(tiny_models, "minimax_m2_fp8", str(tmp_path / "m"), drop)
+    ref = load_file(os.path.join(tiny_models, "minimax_m2_fp8", "reference.safetensors"))
+    _assert_declared_equals_compiled(ops, d, ref, MM_YAML, "minimax_m2",
+                                      MOE_LAYERS["minimax_m2_fp8"])
+    assert _declared_parity(ops, d, ref, MM_YAML, MOE_LAYERS["minimax_m2_fp8"]) <= 1e-4
 
 
 def _quantize(model_dir, output, calib, plugin):
@@ -78,21 +118,36 @@ def _quantize(model_dir, output, calib, plugin):
     return proc
 
 
-def test_quantize_with_the_declared_model_is_byte_identical(tiny_models, tmp_path):
+def _quantize_both_ways(model, tmp_path, yaml, plugin):
+    """Quantizes `model` with the declared and the compiled model; the outputs are byte-identical.
+    Returns the declared output's tensors."""
     calib = tmp_path / "calib.jsonl"
     _calibration(calib)
-    model = os.path.join(tiny_models, "glm4_moe")
-    _quantize(model, tmp_path / "declared", calib, GLM_YAML)
-    _quantize(model, tmp_path / "compiled", calib, "glm4_moe")
+    _quantize(model, tmp_path / "declared", calib, yaml)
+    _quantize(model, tmp_path / "compiled", calib, plugin)
     files = sorted(os.listdir(tmp_path / "declared"))
     assert files == sorted(os.listdir(tmp_path / "compiled"))
     assert "model.safetensors" in files and "config.json" in files
     for f in files:
         a = (tmp_path / "declared" / f).read_bytes()
         assert a == (tmp_path / "compiled" / f).read_bytes(), f
-    out = load_file(str(tmp_path / "declared" / "model.safetensors"))
+    return load_file(str(tmp_path / "declared" / "model.safetensors"))
+
+
+def test_quantize_with_the_declared_model_is_byte_identical(tiny_models, tmp_path):
+    out = _quantize_both_ways(os.path.join(tiny_models, "glm4_moe"), tmp_path, GLM_YAML,
+                              "glm4_moe")
     assert out["model.layers.2.mlp.experts.7.down_proj.weight"].dtype == torch.float8_e4m3fn
     assert out["model.layers.3.eh_proj.weight"].dtype == torch.bfloat16  # MTP copied through
+
+
+@pytest.mark.parametrize("name", MINIMAX)
+def test_quantize_with_the_declared_minimax_is_byte_identical(tiny_models, tmp_path, name):
+    out = _quantize_both_ways(os.path.join(tiny_models, name), tmp_path, MM_YAML, "minimax_m2")
+    assert out["model.layers.1.block_sparse_moe.experts.7.w2.weight"].dtype == (
+        torch.float8_e4m3fn)
+    assert out["model.layers.0.self_attn.q_norm.weight"].shape == (64,)  # full width: 4 x 16
+    assert not [k for k in out if k.endswith("_scale_inv")]  # the FP8 source was dequantized
 
 
 def test_recipe_lists_the_yaml_and_plugins_shows_its_origin(tmp_path):
@@ -211,6 +266,47 @@ BAD_STANZAS = [
 ]
 
 
+def _edit_mm(old, new):
+    assert MM_TEXT.count(old) == 1, old
+    return MM_TEXT.replace(old, new)
+
+
+MM_BLOCK = "weight_block_size: {config: quantization_config.weight_block_size, default: [128, 128]}"
+BAD_STANZAS += [
+    # The full-width q/k norm, the FP8 block-scaled source and rope.rotary_dim (minimax_m2.yaml).
+    ("qk norm scope", _edit_mm("qk_norm_scope: full_width", "qk_norm_scope: per_layer"),
+     "per_layer", "models[0].attention.qk_norm_scope",
+     "expected one of 'per_head', 'full_width', got 'per_layer'"),
+    ("source format", _edit_mm("format: fp8_block_scaled", "format: fp8_block_scale"),
+     "fp8_block_scale", "models[0].source.format",
+     "expected one of 'as_stored', 'fp8_block_scaled', got 'fp8_block_scale' (did you mean "
+     "'fp8_block_scaled'?)"),
+    ("unknown source key", _edit_mm(MM_BLOCK, MM_BLOCK.replace("weight_block_size", "block_size")),
+     "block_size:", "models[0].source.block_size",
+     "unknown key; known keys: format, weight_block_size"),
+    ("block size length", _edit_mm(MM_BLOCK, MM_BLOCK.replace("[128, 128]", "[128, 128, 1]")),
+     "[128, 128, 1]", "models[0].source.weight_block_size.default",
+     "expected [rows, cols], got 3 values"),
+    ("block size literal length", _edit_mm(MM_BLOCK, "weight_block_size: [128]"), "[128]",
+     "models[0].source.weight_block_size", "expected [rows, cols], got 1 values"),
+    ("block size range", _edit_mm(MM_BLOCK, "weight_block_size: [128, 0]"), "0]",
+     "models[0].source.weight_block_size[1]", "expected a value >= 1, got 0"),
+    ("block size type", _edit_mm(MM_BLOCK, "weight_block_size: 128"), "128",
+     "models[0].source.weight_block_size",
+     "expected a list of integers, or a map {config: <key>, default: <value>}"),
+    ("block size without fp8",
+     _edit_mm("format: fp8_block_scaled", "format: as_stored"),
+     "{config: quantization_config.weight_block_size", "models[0].source.weight_block_size",
+     "only used with format 'fp8_block_scaled' (format is 'as_stored')"),
+    ("rotary dim type", _edit_mm("rotary_dim: {config: rotary_dim, default: 0}",
+                                 "rotary_dim: half"), "half", "models[0].rope.rotary_dim",
+     "expected an integer, got 'half'"),
+    ("rotary dim range", _edit_mm("rotary_dim: {config: rotary_dim, default: 0}",
+                                  "rotary_dim: {config: rotary_dim, default: -8}"), "-8",
+     "models[0].rope.rotary_dim.default", "expected a value >= 0, got -8"),
+]
+
+
 @pytest.mark.parametrize("text,needle,path,message", [c[1:] for c in BAD_STANZAS],
                          ids=[c[0] for c in BAD_STANZAS])
 def test_malformed_stanza_names_file_line_column_key_and_value(tiny_models, tmp_path, ops, text,
@@ -222,7 +318,7 @@ def test_malformed_stanza_names_file_line_column_key_and_value(tiny_models, tmp_
         ops.run_model(os.path.join(tiny_models, "glm4_moe"), torch.ones(1, 4, dtype=torch.long),
                       None, None, torch.float32, None, False, "", [str(f)])
     got = str(e.value)
-    if path == "models[0]":  # an unknown key is reported at the key
+    if "unknown key" in message:  # reported at the key
         assert re.search(rf"bad\.yaml:{line}:\d+: {re.escape(path)}", got), got
     else:
         assert f"bad.yaml:{line}:{col}: {path}: " in got, got
@@ -252,7 +348,11 @@ def test_recipe_error_says_where_the_recipe_lists_the_file(tmp_path):
 # ---- errors found when the model is built from config.json ---------------------------------------
 
 def _copy_glm(tiny_models, dst, edit):
-    src = os.path.join(tiny_models, "glm4_moe")
+    return _copy_model(tiny_models, "glm4_moe", dst, edit)
+
+
+def _copy_model(tiny_models, name, dst, edit):
+    src = os.path.join(tiny_models, name)
     os.makedirs(dst)
     config = json.load(open(os.path.join(src, "config.json")))
     edit(config)
@@ -293,3 +393,26 @@ def test_grouped_router_check_reaches_the_declared_model(tiny_models, ops, tmp_p
     with pytest.raises(RuntimeError, match="n_group 3 must divide n_routed_experts 8"):
         ops.run_model(d, torch.ones(1, 4, dtype=torch.long), None, None, torch.float32, None,
                       False, "", [GLM_YAML])
+
+
+@pytest.mark.parametrize("edit,needle,path,message", [
+    (lambda c: c["quantization_config"].update(weight_block_size=[32]),
+     "{config: quantization_config.weight_block_size", "models[0].source.weight_block_size",
+     "config key 'quantization_config.weight_block_size' must be [rows, cols] of positive "
+     "integers, got [32]"),
+    (lambda c: c.update(rotary_dim=4), "{config: rotary_dim", "models[0].rope.rotary_dim",
+     "config key 'rotary_dim' 4 disagrees with partial_rotary_factor 0.5 (head_dim 16) in config"),
+    (lambda c: c.update(rotary_dim=7), "{config: rotary_dim", "models[0].rope.rotary_dim",
+     "config key 'rotary_dim' must be a positive even number <= head_dim 16, got 7"),
+], ids=["block size", "rotary_dim disagrees", "rotary_dim odd"])
+def test_minimax_build_errors_name_the_stanza_and_the_config_key(tiny_models, ops, tmp_path, edit,
+                                                                 needle, path, message):
+    d = _copy_model(tiny_models, "minimax_m2_fp8", str(tmp_path / "m"), edit)
+    with pytest.raises(RuntimeError) as e:
+        ops.run_model(d, torch.ones(1, 4, dtype=torch.long), None, None, torch.float32, None,
+                      False, "", [MM_YAML])
+    got = str(e.value)
+    assert "model 'MiniMaxM2ForCausalLM' declared at " in got, got
+    line, col = _where(MM_TEXT, needle)
+    assert f"minimax_m2.yaml:{line}:{col}: {path}: " in got, got
+    assert message in got, got

@@ -3,7 +3,9 @@
 #include <moeq/runtime/blocks.h>
 
 #include <moeq/core/error.h>
+#include <moeq/io/hf_config.h>
 #include <moeq/io/safetensors_reader.h>
+#include <moeq/kernels/source_dequant.h>
 
 #include <moeq/runtime/module.h>
 #include <moeq/runtime/weight_source.h>
@@ -125,6 +127,44 @@ std::vector<std::string> DerivedSource::names() const {
 
 std::string DerivedSource::describe() const {
   return fmt::format("{} ({})", base_->describe(), what_);
+}
+
+std::shared_ptr<WeightSource> dequantize_fp8_blocks(std::shared_ptr<WeightSource> source,
+                                                    int64_t block_rows,
+                                                    int64_t block_cols) {
+  MOEQ_CHECK(source != nullptr, "dequantize_fp8_blocks: null source");
+  MOEQ_CHECK(block_rows > 0 && block_cols > 0,
+             "{}: FP8 weight block must be positive [rows, cols], got [{}, {}]", source->describe(),
+             block_rows, block_cols);
+  constexpr std::string_view kScale = "_scale_inv";
+  std::vector<DerivedSource::Rule> rules;
+  for (const auto& name : source->names()) {
+    if (!name.ends_with(kScale)) {
+      continue;
+    }
+    const auto weight = name.substr(0, name.size() - kScale.size());
+    MOEQ_CHECK(source->has(weight), "{}: '{}' has no weight '{}' beside it", source->describe(),
+               name, weight);
+    rules.push_back({weight, {weight, name}, [block_rows, block_cols](const auto& in) {
+                       return kernels::dequantize_fp8_block_source(in[0], in[1], at::kBFloat16,
+                                                                   block_rows, block_cols);
+                     }});
+  }
+  if (rules.empty()) {
+    return source;
+  }
+  return std::make_shared<DerivedSource>(
+      std::move(source), std::move(rules),
+      fmt::format("FP8 {}x{} block weights dequantized to bf16", block_rows, block_cols));
+}
+
+std::shared_ptr<WeightSource> dequantize_fp8_blocks(std::shared_ptr<WeightSource> source,
+                                                    const io::HfConfig& config) {
+  constexpr const char* kKey = "quantization_config.weight_block_size";
+  auto block = config.find<std::vector<int64_t>>(kKey).value_or(std::vector<int64_t>{128, 128});
+  MOEQ_CHECK(block.size() == 2, "config '{}': {} must be [rows, cols], got {} values",
+             config.source(), kKey, block.size());
+  return dequantize_fp8_blocks(std::move(source), block[0], block[1]);
 }
 
 // ---- module -------------------------------------------------------------------------------------
@@ -520,10 +560,13 @@ Attention::Attention(std::string type,
   o_proj_ = add_child(std::make_unique<Linear>(child_name("o_proj"), o.num_heads * o.head_dim,
                                                o.hidden_size, o.o_bias, ProjKind::kO));
   if (o.qk_norm) {
-    q_norm_ = add_child(
-        std::make_unique<RMSNorm>(o.qk_norm_type, child_name("q_norm"), o.head_dim, o.qk_norm_eps));
-    k_norm_ = add_child(
-        std::make_unique<RMSNorm>(o.qk_norm_type, child_name("k_norm"), o.head_dim, o.qk_norm_eps));
+    const bool full = o.qk_norm_scope == QkNormScope::kFullWidth;
+    q_norm_ = add_child(std::make_unique<RMSNorm>(o.qk_norm_type, child_name("q_norm"),
+                                                  full ? o.num_heads * o.head_dim : o.head_dim,
+                                                  o.qk_norm_eps));
+    k_norm_ = add_child(std::make_unique<RMSNorm>(o.qk_norm_type, child_name("k_norm"),
+                                                  full ? o.num_kv_heads * o.head_dim : o.head_dim,
+                                                  o.qk_norm_eps));
   }
   if (o.sinks) {
     sinks_ = &add_parameter("sinks", {o.num_heads});
@@ -544,15 +587,18 @@ at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep) {
 at::Tensor Attention::forward(const at::Tensor& hidden, ForwardContext& ctx) {
   const auto& o = options_;
   const auto b = hidden.size(0), s = hidden.size(1);
-  auto q = q_proj_->forward(hidden).view({b, s, -1, o.head_dim});
-  auto k = k_proj_->forward(hidden).view({b, s, -1, o.head_dim});
+  auto q = q_proj_->forward(hidden);
+  auto k = k_proj_->forward(hidden);
   auto v = v_proj_->forward(hidden).view({b, s, -1, o.head_dim}).transpose(1, 2);
   if (q_norm_ != nullptr) {
-    q = q_norm_->forward(q);
-    k = k_norm_->forward(k);
+    // A per-head norm sees [B, S, heads, head_dim]; a full-width one [B, S, heads * head_dim].
+    const auto heads = [&](const at::Tensor& x) { return x.view({b, s, -1, o.head_dim}); };
+    const bool per_head = o.qk_norm_scope == QkNormScope::kPerHead;
+    q = q_norm_->forward(per_head ? heads(q) : q);
+    k = k_norm_->forward(per_head ? heads(k) : k);
   }
-  q = q.transpose(1, 2);
-  k = k.transpose(1, 2);
+  q = q.view({b, s, -1, o.head_dim}).transpose(1, 2);
+  k = k.view({b, s, -1, o.head_dim}).transpose(1, 2);
   const auto& [cos, sin] = ctx.rope(*rotary_);
   q = RotaryEmbedding::apply(q, cos, sin);
   k = RotaryEmbedding::apply(k, cos, sin);

@@ -2,8 +2,9 @@
 // from the installed moeq SDK. What differs from the runtime's stock blocks, per transformers
 // 5.17's modeling_olmoe.py:
 // - attention: q_norm / k_norm are RMSNorms over the whole q and k projections (weights
-//   [hidden_size] and [kv_heads * head_dim]), applied before the heads are split, so the
-//   runtime's per-head `qk_norm` does not fit; then optional clip_qkv clamps q, k and v;
+//   [hidden_size] and [kv_heads * head_dim]), applied before the heads are split (the runtime's
+//   Attention has that too: QkNormScope::kFullWidth), then optional clip_qkv clamps q, k and v,
+//   which the runtime's Attention has not: so an attention of its own, from runtime Linears;
 // - routing: softmax over the router logits in fp32, top-k, renormalised only with
 //   norm_topk_prob (false for the published model), weights cast to the compute dtype: exactly
 //   the runtime's SoftmaxTopKRouter;

@@ -2,13 +2,14 @@
 // goes (`plugins: [models/glm4_moe.yaml]`, `--plugin glm4_moe.yaml`) is a declared plugin: it names
 // itself, and each of its `models` stanzas registers
 //   - an architecture (config.json's architectures[0]) whose builder assembles the runtime's shared
-//     blocks: Attention (GQA, q/k/v and o biases, per-head q/k RMSNorm, partial RoPE, sliding
-//     window), RMSNorm, dense GatedMlp layers and a SparseMoeBlock (a softmax or sigmoid top-k
-//     router, PerExpertMlps, optional shared experts), laid out by tensor name patterns;
+//     blocks: Attention (GQA, q/k/v and o biases, q/k RMSNorm per head or full width, partial
+//     RoPE, sliding window), RMSNorm, dense GatedMlp layers and a SparseMoeBlock (a softmax or
+//     sigmoid top-k router, PerExpertMlps, optional shared experts), laid out by tensor name
+//     patterns, over the checkpoint as stored or FP8 block-scaled (dequantized per layer);
 //   - the easy tier's SparseMoeAdapter under the stanza's MoE block type.
 // Every option is a literal or read from named config.json keys. The stanza reference is in
-// docs/contributing-models.md ("Easy tier without compiled code"); an example ships in
-// tools/recipes/models/glm4_moe.yaml.
+// docs/contributing-models.md ("Easy tier without compiled code"); examples ship in
+// tools/recipes/models/ (glm4_moe.yaml, minimax_m2.yaml).
 //
 // Malformed stanzas are errors naming the file, line, column, key path and the bad value, as the
 // recipe's are. Registered entries carry the YAML file and the stanza's line as their origin.

@@ -193,6 +193,11 @@ class RotaryEmbedding {
 
 // ---- attention ----------------------------------------------------------------------------------
 
+// What the q/k RMSNorm normalises: each head's head_dim channels (Qwen3, GLM-4.5: weights
+// [head_dim]), or the whole projection before the heads are split (MiniMax-M2, OLMoE: weights
+// [num_heads * head_dim] and [num_kv_heads * head_dim]).
+enum class QkNormScope { kPerHead, kFullWidth };
+
 struct AttentionOptions {
   int64_t hidden_size = 0;
   int64_t num_heads = 0;
@@ -200,8 +205,9 @@ struct AttentionOptions {
   int64_t head_dim = 0;
   bool qkv_bias = false;  // Qwen2: biases on q, k, v
   bool o_bias = false;
-  // Per-head RMSNorm on q and k before RoPE (Qwen3); the norm's type key.
+  // RMSNorm on q and k before RoPE (self_attn.q_norm, self_attn.k_norm); the norm's type key.
   bool qk_norm = false;
+  QkNormScope qk_norm_scope = QkNormScope::kPerHead;
   std::string qk_norm_type = "RMSNorm";
   double qk_norm_eps = 1e-6;
   // Keys further than this many positions back are masked; 0: full attention.

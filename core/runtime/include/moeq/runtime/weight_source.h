@@ -6,6 +6,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -14,8 +15,9 @@
 #include <vector>
 
 namespace moeq::io {
+class HfConfig;
 class SafetensorsCheckpoint;
-}
+}  // namespace moeq::io
 
 namespace moeq::runtime {
 
@@ -95,5 +97,17 @@ class DerivedSource final : public WeightSource {
   std::map<std::string, std::string> replaced_;  // stored input -> the derived tensor
   std::string what_;
 };
+
+// An FP8 block-scaled source (DeepSeek-V3 and MiniMax-M2 as published): each `<m>.weight` stored
+// as FP8 E4M3 with a float32 `<m>.weight_scale_inv` per block_rows x block_cols block is read as
+// bf16, w = float(q) * scale_inv (transformers' FP8 dequantization). Only tensors with a
+// `_scale_inv` beside them are derived; a source with none (a bf16 checkpoint) is returned as is.
+std::shared_ptr<WeightSource> dequantize_fp8_blocks(std::shared_ptr<WeightSource> source,
+                                                    int64_t block_rows,
+                                                    int64_t block_cols);
+// As above with the block from config.json's quantization_config.weight_block_size ([rows, cols]),
+// 128x128 when the config has none.
+std::shared_ptr<WeightSource> dequantize_fp8_blocks(std::shared_ptr<WeightSource> source,
+                                                    const io::HfConfig& config);
 
 }  // namespace moeq::runtime
