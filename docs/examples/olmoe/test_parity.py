@@ -10,12 +10,15 @@ For each tiny model it:
    the model's own modeling file loaded with trust_remote_code=True (remote_code_files), the way a
    model transformers does not have is tested;
 2. runs the installed `moeq quantize` with the plugin on it, evaluating on a token file and
-   keeping the logits (--save-eval-logits): `logits_reference` is moeq's unquantized forward, in
+   keeping the logits (--save-eval-logits) and the expert choices (--save-routing):
+   `logits_reference` and `layers.{i}.reference.topk_ids` are moeq's unquantized forward, in
    fp32 on the CPU;
 3. runs the reference (transformers, or the remote code) in fp32 on the CPU on the same tokens:
-   logits within 1e-4 relative (max abs difference over max abs logit); the tokens routed to
-   each expert of each layer (report.json, calibrated on the same tokens with
-   `propagate: original`) equal the reference's top-k counts;
+   logits within 1e-4 relative (max abs difference over max abs logit); every token's top-k
+   expert set in every layer equal to the reference router's (as sets: the order of tied
+   experts may differ); the tokens routed to each expert of each layer during calibration
+   (report.json, calibrated on the same tokens with `propagate: original`) equal the
+   reference's top-k counts;
 4. for the models transformers made, loads the same checkpoint as remote code too and checks
    that reference agrees.
 
@@ -170,14 +173,17 @@ evaluation: {{dataset: {tokens_file}, samples: {SAMPLES}, seq_len: {SEQ_LEN}, ba
 export: {{output: {out}, overwrite: true}}
 quantize: {{propagate: original}}
 """)
-    cmd = [args.moeq, "quantize", "--config", recipe, "--plugin", args.plugin, "--save-eval-logits"]
+    routing_file = os.path.join(out + ".report", "routing.safetensors")
+    cmd = [args.moeq, "quantize", "--config", recipe, "--plugin", args.plugin, "--save-eval-logits",
+           "--save-routing", routing_file]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         fail(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     saved = load_file(os.path.join(out + ".report", "eval_logits.safetensors"))
+    routing = load_file(routing_file)
     with open(os.path.join(out + ".report", "report.json")) as f:
         report = json.load(f)
-    return saved, report
+    return saved, routing, report
 
 
 def relative_error(got, ref):
@@ -253,10 +259,12 @@ def check(name, spec, args, seed):
     with open(tokens_file, "w") as f:
         f.write(json.dumps(ids.tolist()) + "\n")  # one document: SAMPLES windows of SEQ_LEN
 
-    saved, report = run_moeq(args, model_dir, tokens_file)
+    saved, routing, report = run_moeq(args, model_dir, tokens_file)
     input_ids = saved["input_ids"]
     if sorted(input_ids.reshape(-1).tolist()) != sorted(ids.tolist()):
         fail(f"{name}: moeq evaluated other tokens than the file's")
+    if not torch.equal(routing["input_ids"], input_ids):
+        fail(f"{name}: the routing file holds other tokens than the evaluation logits")
     ours = saved["logits_reference"]
     remote = name in REMOTE
     ref, routed, num_experts = transformers_forward(model_dir, input_ids, trust_remote_code=remote)
@@ -267,8 +275,26 @@ def check(name, spec, args, seed):
     if not err < TOLERANCE:
         fail(f"{name}: logits differ: max relative error {err:.3e} >= {TOLERANCE:g}")
 
-    # Expert choices: moeq reports the tokens routed to each expert per layer (calibration on the
-    # same windows, in another order: counts do not depend on it).
+    # Expert choices, token by token: moeq's unquantized evaluation stream against the reference
+    # router on the same tokens (row t is input_ids.reshape(-1)[t] on both sides).
+    for i in range(len(report["layers"])):
+        key = f"layers.{i}.reference.topk_ids"
+        if key not in routing:
+            fail(f"{name}: the routing file has no '{key}' (keys: {sorted(routing)[:6]} ...)")
+        ours_ids = routing[key].long().sort(dim=1).values
+        ref_ids = routed[i].long().sort(dim=1).values
+        if ours_ids.shape != ref_ids.shape:
+            fail(f"{name}: layer {i}: moeq routed {tuple(ours_ids.shape)} (tokens, k), "
+                 f"{reference} {tuple(ref_ids.shape)}")
+        differ = (ours_ids != ref_ids).any(dim=1).nonzero().flatten()
+        if differ.numel() > 0:
+            t = differ[0].item()
+            fail(f"{name}: layer {i}: {differ.numel()} of {ours_ids.shape[0]} tokens picked other "
+                 f"experts; token {t} (id {input_ids.reshape(-1)[t].item()}): moeq "
+                 f"{ours_ids[t].tolist()}, {reference} {ref_ids[t].tolist()}")
+    print(f"{name}: every token's top-k experts equal in all {len(report['layers'])} layers")
+    # Tokens routed to each expert per layer during calibration (the same windows, in another
+    # order: counts do not depend on it).
     for layer in report["layers"]:
         blocks = layer["blocks"]
         if len(blocks) != 1:
