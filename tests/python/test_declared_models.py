@@ -39,24 +39,27 @@ def ops():
     return torch.ops.moeq
 
 
-def _run(ops, model_dir, ref, b, plugins):
+def _run(ops, model_dir, ref, b, plugins, dtype=torch.float32):
     return ops.run_model(model_dir, ref[f"input_ids_{b}"], ref.get(f"attention_mask_{b}"),
-                         ref.get(f"position_ids_{b}"), torch.float32, None, False, "", plugins)
+                         ref.get(f"position_ids_{b}"), dtype, None, False, "", plugins)
 
 
 def _assert_declared_equals_compiled(ops, d, ref, yaml, plugin, layers):
-    b = 0
-    while f"input_ids_{b}" in ref:
-        declared = _run(ops, d, ref, b, [yaml])
-        compiled = _run(ops, d, ref, b, [plugin])
-        assert torch.equal(declared[0], compiled[0]), f"batch {b}: logits differ"
-        assert len(declared[1]) == len(compiled[1]) == len(layers)
-        for x, y in zip(declared[1], compiled[1]):
-            assert torch.equal(x, y), f"batch {b}: expert choices differ"
-        for x, y in zip(declared[2], compiled[2]):
-            assert torch.equal(x, y), f"batch {b}: routing weights differ"
-        b += 1
-    assert b >= 3
+    # bf16 as well as fp32: options that only change which dtype a step runs in (MiniMax-M2's
+    # router logits in the compute dtype) are invisible in fp32.
+    for dtype in (torch.float32, torch.bfloat16):
+        b = 0
+        while f"input_ids_{b}" in ref:
+            declared = _run(ops, d, ref, b, [yaml], dtype)
+            compiled = _run(ops, d, ref, b, [plugin], dtype)
+            assert torch.equal(declared[0], compiled[0]), f"{dtype} batch {b}: logits differ"
+            assert len(declared[1]) == len(compiled[1]) == len(layers)
+            for x, y in zip(declared[1], compiled[1]):
+                assert torch.equal(x, y), f"{dtype} batch {b}: expert choices differ"
+            for x, y in zip(declared[2], compiled[2]):
+                assert torch.equal(x, y), f"{dtype} batch {b}: routing weights differ"
+            b += 1
+        assert b >= 3
 
 
 def _declared_parity(ops, d, ref, yaml, layers):
