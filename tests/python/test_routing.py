@@ -267,3 +267,27 @@ def test_unwritable_routing_paths_are_refused_before_the_run(tmp_path):
                  "--calibration", model / "calib.jsonl", *CALIB, "--device", "cpu", "--no-eval",
                  "--save-routing", tmp_path / "r.safetensors")
     assert "recorded on the evaluation tokens" in err and "r.safetensors" in err, err
+
+
+def test_a_resumed_run_refuses_to_save_routing_it_did_not_keep(tmp_path):
+    """The journal keeps each finished layer's routing numbers (test_resume.py compares the
+    resumed report with an uninterrupted one), not every token's choices."""
+    fixture, config = MODELS["qwen3_moe"]
+    model = tmp_path / "m"
+    model.mkdir()
+    _make_model(str(model), fixture, config)
+    _write_tokens(model / "calib.jsonl", config["vocab_size"], 8, 32, 1)
+    _write_tokens(model / "eval.jsonl", config["vocab_size"], 6, 24, 2)
+    args = [MOEQ, "quantize", "--model", model, "--output", tmp_path / "q", "--scheme", "W4A16",
+            "--calibration", model / "calib.jsonl", *CALIB, "--device", "cpu", "--eval",
+            model / "eval.jsonl", *EVAL, "--resume"]
+    killed = subprocess.run(list(map(str, args)), capture_output=True, text=True,
+                            env={**os.environ, "MOEQ_TEST_KILL_AFTER_LAYER": "0"})
+    assert killed.returncode != 0
+    err = _fails(*args[1:], "--save-routing", tmp_path / "r.safetensors")
+    assert "resumes with 1 layers done" in err and "--save-routing" in err and "--restart" in err, err
+    assert not (tmp_path / "r.safetensors").exists()
+    # Without it the run continues, and its report has every layer's routing.
+    _moeq(*args[1:])
+    report = json.load(open(str(tmp_path / "q") + ".report/report.json"))
+    assert [len(layer["routing"]) for layer in report["layers"]] == [1, 1]

@@ -145,9 +145,9 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
         };
         // Only the routing counts are journaled, not every token's choices.
         MOEQ_CHECK(!keep_routes_ || record->layers_done == 0,
-                   "'{}' resumes after layer {}: the expert choices of the layers done were not "
-                   "journaled, so --save-routing cannot write them (rerun with --restart, or "
-                   "without --save-routing)",
+                   "'{}' resumes with {} layers done: their expert choices were not journaled, so "
+                   "--save-routing cannot write them (rerun with --restart, or without "
+                   "--save-routing)",
                    options_.export_options.output.string(), record->layers_done);
         restore_stream(calib, "calib");
         restore_stream(eval_ref, "eval_ref");
