@@ -9,6 +9,7 @@ from the resident weight, exported, and its slot overwritten with the fake-quant
   CPU's quantized logits far better than with the original model's.
 """
 import filecmp
+import json
 import subprocess
 
 import pytest
@@ -74,3 +75,32 @@ def test_quantized_forward_on_gpu_runs_the_fake_weights(model, tmp_path):
     assert quantization_effect > 0
     assert device_difference < 0.25 * quantization_effect, (device_difference,
                                                             quantization_effect)
+
+
+def test_a_layer_is_held_about_once_on_the_gpu(tmp_path):
+    """report.json's per-layer GPU peak (the caching allocator's, load to release) against the
+    layer's weight bytes: the one-copy path holds each layer's weights once, plus one projection's
+    transient quantization and the (small) activations. Separate stored and fake copies would
+    make it 2-3x."""
+    fixture, config = MODELS["qwen3_moe"]
+    config = dict(config, vocab_size=512, hidden_size=1024, moe_intermediate_size=512,
+                  num_experts=32, num_experts_per_tok=4, num_hidden_layers=3, head_dim=64,
+                  num_attention_heads=8, num_key_value_heads=4)
+    model = tmp_path / "model"
+    _make_model(str(model), fixture, config)
+    _write_tokens(model / "calib.jsonl", config["vocab_size"], 8, 32, 1)
+    out = tmp_path / "out"
+    _run(model, out, "cuda", "NVFP4", "--no-eval")
+    report = json.load(open(f"{out}.report/report.json"))
+    stored = load_file(str(model / "model.safetensors"))
+    for layer in report["layers"]:
+        prefix = f"model.layers.{layer['index']}."
+        layer_bytes = sum(t.numel() * t.element_size() for k, t in stored.items()
+                          if k.startswith(prefix))
+        peak = layer["peak_device_bytes"]
+        print(f"layer {layer['index']}: weights {layer_bytes / 2**20:.1f} MiB, "
+              f"peak {peak / 2**20:.1f} MiB ({peak / layer_bytes:.2f}x), reserved "
+              f"{layer['peak_device_reserved_bytes'] / 2**20:.1f} MiB")
+        assert layer_bytes <= peak < 1.5 * layer_bytes + 32 * 2**20, (layer, layer_bytes)
+    assert report["run"]["peak_device_bytes"] >= max(l["peak_device_bytes"]
+                                                     for l in report["layers"])

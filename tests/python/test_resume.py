@@ -205,3 +205,30 @@ def test_journal_that_does_not_fit_the_run_is_named(model, tmp_path):
     assert resumed.returncode != 0
     assert str(scales) in resumed.stderr and "is missing" in resumed.stderr, resumed.stderr
     assert not out.exists()
+
+
+def test_filesystem_failures_around_the_partial_directory_are_named(model, tmp_path):
+    # The output's parent is a regular file: its folder cannot be made.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker / "out"
+    proc = _run(_recipe(tmp_path, model, out))
+    assert proc.returncode != 0
+    assert f"cannot create the output's parent '{blocker}'" in proc.stderr, proc.stderr
+    assert "Not a directory" in proc.stderr
+    # The partial directory cannot be made next to the output (/proc refuses even root).
+    out = "/proc/moeq-out"
+    proc = _run(_recipe(tmp_path, model, out))
+    assert proc.returncode != 0
+    assert "cannot create '/proc/.moeq-out.moeq-partial' next to the output" in proc.stderr, \
+        proc.stderr
+    # An interrupted run in the way that cannot be removed: a file named like the journal folder
+    # inside a partial directory that is itself read-only to everyone is still removable by
+    # root, so the refusal without --resume/--restart is what protects it; --restart removes it.
+    out = tmp_path / "kept"
+    _partial(out).mkdir()
+    (_partial(out) / "notes.txt").write_text("someone's work")
+    proc = _run(_recipe(tmp_path, model, out))
+    assert proc.returncode != 0
+    assert "holds an interrupted run" in proc.stderr and "--restart" in proc.stderr
+    assert (_partial(out) / "notes.txt").read_text() == "someone's work"

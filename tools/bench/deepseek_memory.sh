@@ -23,4 +23,16 @@ PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True /usr/bin/time -v "$build/tools/
   --batch-size 8 --device cuda --dtype bfloat16 --no-eval --overwrite 2>&1 | tee "$out/deepseek_memory.txt" || true
 kill $smi
 echo "peak GPU memory used (MiB): $(sort -n "$out/deepseek_memory.csv" | tail -1)" | tee -a "$out/deepseek_memory.txt"
+# moeq's own measure: the caching allocator's peak per layer, load to release (report.json).
+python3 - /tmp/deepseek_q.report/report.json <<'PY' | tee -a "$out/deepseek_memory.txt"
+import json, sys
+report = json.load(open(sys.argv[1]))
+for layer in report["layers"]:
+    print(f"layer {layer['index']}: {layer['seconds']:.1f} s, peak GPU in tensors "
+          f"{layer['peak_device_bytes'] / 2**30:.2f} GiB, allocator reserved "
+          f"{layer['peak_device_reserved_bytes'] / 2**30:.2f} GiB")
+print(f"run: {report['run']['seconds']:.1f} s, peak GPU in tensors "
+      f"{report['run']['peak_device_bytes'] / 2**30:.2f} GiB")
+PY
+cp /tmp/deepseek_q.report/report.json "$out/deepseek_report.json" || true
 du -sh "$model" /tmp/deepseek_q | tee -a "$out/deepseek_memory.txt"

@@ -18,7 +18,7 @@ namespace fs = std::filesystem;
 using Json = nlohmann::ordered_json;
 
 constexpr const char* kJournalFile = "journal.json";
-constexpr int kJournalVersion = 2;  // 2: layers carry their routing agreement
+constexpr int kJournalVersion = 3;  // 2: layers carry their routing agreement; 3: GPU peaks
 
 // FNV-1a, 64 bits: a stable digest of token ids and files (not a security property).
 class Digest {
@@ -138,6 +138,8 @@ Json layer_to_json(const LayerResult& layer) {
           {"skipped", layer.skipped},
           {"seconds", layer.seconds},
           {"tokens", layer.tokens},
+          {"peak_device_bytes", layer.peak_device_bytes},
+          {"peak_device_reserved_bytes", layer.peak_device_reserved_bytes},
           {"output_error", layer.output_error},
           {"eval_hidden_error", layer.eval_hidden_error},
           {"coverage", std::move(coverage)},
@@ -151,6 +153,8 @@ LayerResult layer_from_json(const Json& j) {
   layer.skipped = j.at("skipped").get<bool>();
   layer.seconds = j.at("seconds").get<double>();
   layer.tokens = j.at("tokens").get<int64_t>();
+  layer.peak_device_bytes = j.at("peak_device_bytes").get<int64_t>();
+  layer.peak_device_reserved_bytes = j.at("peak_device_reserved_bytes").get<int64_t>();
   layer.output_error = j.at("output_error").get<double>();
   layer.eval_hidden_error = j.at("eval_hidden_error").get<double>();
   for (const auto& c : j.at("coverage")) {

@@ -3,6 +3,7 @@
 
 #include <moeq/core/error.h>
 #include <moeq/core/log.h>
+#include <moeq/kernels/device_memory.h>
 #include <moeq/runtime/functional.h>
 #include <moeq/runtime/fused_experts.h>
 
@@ -14,6 +15,8 @@
 #include <exception>
 #include <optional>
 #include <set>
+#include <tuple>
+#include <utility>
 
 #include <moeq/pipeline/evaluate.h>
 
@@ -94,6 +97,19 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
     return options_.offload_activations ? h.to(at::kCPU) : h;
   };
   const auto unpark = [&](const at::Tensor& h) { return h.to(device); };
+  // GPU memory per window (a layer from load to release, or what runs between layers): the peak
+  // since the last window began, which begins the next. Zero on the CPU.
+  kernels::reset_device_memory_peak(device);
+  const auto close_memory_window = [&] {
+    const auto memory = kernels::device_memory(device);
+    kernels::reset_device_memory_peak(device);
+    return memory ? std::pair{memory->peak_allocated, memory->peak_reserved}
+                  : std::pair{int64_t{0}, int64_t{0}};
+  };
+  const auto measure_layer = [&](LayerResult& lr) {
+    std::tie(lr.peak_device_bytes, lr.peak_device_reserved_bytes) = close_memory_window();
+  };
+  int64_t between_layers_peak = 0;
 
   // Embed every stream.
   Stream calib;
@@ -210,6 +226,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
   // A layer the stages skip: run in its original precision on every stream, nothing quantized.
   const auto run_skipped_layer = [&](int64_t i) {
     const auto layer_start = Clock::now();
+    between_layers_peak = std::max(between_layers_peak, close_memory_window().first);
     auto& layer = model->layer(i);
     model->load(layer);
     if (progress.layer_begin) {
@@ -242,6 +259,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       lr.routing = detail::compare_routing(ref_routes, ref_routes, carried_routes, keep_routes_);
     }
     lr.seconds = seconds_since(layer_start);
+    measure_layer(lr);
     model->release(layer);
     finish_layer(std::move(lr));
   };
@@ -251,6 +269,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       continue;
     }
     const auto layer_start = Clock::now();
+    between_layers_peak = std::max(between_layers_peak, close_memory_window().first);
     auto& layer = model->layer(i);
     model->load(layer);
     LayerSession session(layer, weights, options_.rules, options_.calibration);
@@ -372,6 +391,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
     }
     lr.coverage = session.coverage();
     lr.seconds = seconds_since(layer_start);
+    measure_layer(lr);
     model->release(layer);
     finish_layer(std::move(lr));
   }
@@ -458,6 +478,10 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
     summary.unquantized_embeddings.push_back(export_name(model->embed_tokens().name()));
     result.output = exporter->finish(summary);
     result.output_bytes = exporter->bytes_written();
+  }
+  result.peak_device_bytes = std::max(between_layers_peak, close_memory_window().first);
+  for (const auto& layer : result.layers) {
+    result.peak_device_bytes = std::max(result.peak_device_bytes, layer.peak_device_bytes);
   }
   result.seconds = seconds_since(start);
   return result;

@@ -299,6 +299,7 @@ Report::Report(const PipelineResult& result, const RunInfo& info) {
       {"output_bytes", result.output_bytes},
       {"source_bytes", info.source_bytes},
       {"peak_host_bytes", info.peak_host_bytes},
+      {"peak_device_bytes", result.peak_device_bytes},
   };
   Json layers = Json::array();
   Json starved = Json::array();
@@ -351,6 +352,8 @@ Report::Report(const PipelineResult& result, const RunInfo& info) {
                       {"seconds", layer.seconds},
                       {"tokens", layer.tokens},
                       {"tokens_per_second", layer.seconds > 0 ? layer.tokens / layer.seconds : 0.0},
+                      {"peak_device_bytes", layer.peak_device_bytes},
+                      {"peak_device_reserved_bytes", layer.peak_device_reserved_bytes},
                       {"output_error", layer.output_error},
                       {"eval_hidden_error", layer.eval_hidden_error},
                       {"blocks", blocks},
@@ -549,6 +552,18 @@ std::string Report::summary_text() const {
         "  quantized {} parameters (nothing written; source {}), peak host memory {}\n",
         run["quantized_parameters"].get<int64_t>(), bytes_text(run["source_bytes"].get<double>()),
         bytes_text(run["peak_host_bytes"].get<double>()));
+  }
+  if (run.value("peak_device_bytes", int64_t{0}) > 0) {
+    int64_t largest = 0;
+    int64_t largest_layer = 0;
+    for (const auto& layer : json_["layers"]) {
+      if (layer["peak_device_bytes"].get<int64_t>() > largest) {
+        largest = layer["peak_device_bytes"].get<int64_t>();
+        largest_layer = layer["index"].get<int64_t>();
+      }
+    }
+    s += fmt::format("  peak GPU memory in tensors {} (layer {}; report.json has every layer's)\n",
+                     bytes_text(run["peak_device_bytes"].get<double>()), largest_layer);
   }
   double worst = 0.0;
   int64_t worst_layer = 0;

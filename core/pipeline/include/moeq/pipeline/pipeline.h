@@ -111,6 +111,10 @@ struct LayerResult {
   bool skipped = false;  // the stages skipped it: run in its original precision only
   double seconds = 0.0;
   int64_t tokens = 0;
+  // The GPU's caching allocator during the layer (load to release), 0 on the CPU: the most bytes
+  // in live tensors, and the most the allocator held (its cache included).
+  int64_t peak_device_bytes = 0;
+  int64_t peak_device_reserved_bytes = 0;
   std::vector<ExpertCoverage> coverage;
   std::vector<ProjectionResult> projections;
   // Relative RMS error of the quantized layer's output against the original layer's output on
@@ -137,7 +141,7 @@ struct PipelineResult {
   std::vector<LayerResult> layers;
   std::optional<EvalResult> eval;
   double seconds = 0.0;
-  int64_t peak_device_bytes = 0;  // CUDA only
+  int64_t peak_device_bytes = 0;  // the largest layer's, or the embedding/evaluation's; CUDA only
   int64_t quantized_parameters = 0;
   int64_t quantized_bytes = 0;  // what the quantized projections take in the output
   int64_t output_bytes = 0;
