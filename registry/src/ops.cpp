@@ -2,10 +2,13 @@
 // plugins, loaded from the default plugin directory once per process):
 //   torch.ops.moeq.run_model(model_dir, input_ids, attention_mask, position_ids, dtype, device,
 //       keep_resident, experts_dispatch) -> (logits, topk_ids[], topk_weights[])
+// model_dir may be a quantized release (compressed-tensors, ModelOpt): read decompressed, as
+// moeq quantize reads its source (pipeline::open_checkpoint).
 // experts_dispatch ("", "per_expert", "batched", "grouped") overrides how fused experts run.
 // plugins: when given and not empty, the model is built by a fresh PluginManager that loads only
 // these (names, .so paths, or YAML files of declared models), instead of the in-tree plugins.
 #include <moeq/core/error.h>
+#include <moeq/pipeline/evaluate.h>
 #include <moeq/registry/plugin_manager.h>
 #include <moeq/runtime/causal_lm.h>
 #include <moeq/runtime/fused_experts.h>
@@ -84,8 +87,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> run_mod
              "{}: architecture '{}' is not registered by any {} plugin", model_dir, architecture,
              own ? "listed" : "in-tree");
   auto builder = registries.architectures.create(architecture);
-  auto model =
-      builder->build(config, std::make_shared<runtime::CheckpointSource>(model_dir), options);
+  // A quantized release (compressed-tensors, ModelOpt) is decompressed as moeq quantize reads it.
+  auto model = builder->build(config, pipeline::open_checkpoint(model_dir), options);
   auto recorder = std::make_shared<RoutingRecorder>();
   model->for_each_module([&](runtime::Module& m) {
     if (auto* moe = dynamic_cast<runtime::SparseMoeBlock*>(&m)) {

@@ -7,6 +7,13 @@ grouped sigmoid routing with a correction bias, shared expert, an MTP layer) and
 (full-width q/k norm, partial RoPE, sigmoid routing with the block's correction bias, experts
 w1/w2/w3) in bf16 and as FP8 blocks with weight_scale_inv, with transformers' reference (for FP8:
 transformers on the fixture's own dequantization).
+
+GLM-4.5-FP8 as published (glm4_moe_fp8: a compressed-tensors float-quantized release, FP8 weights
+with per-channel weight_scale, dynamic per-token activations, lm_head and routers ignored, written
+by compressed-tensors' own compressor) is read as a source: moeq's unquantized forward on it equals
+transformers' on compressed-tensors' decompression of it, and `moeq quantize --scheme W4A16` of it
+is byte-identical to quantizing that decompression as a plain bf16 checkpoint, with the compiled
+plugin and with the YAML-declared model.
 """
 import hashlib
 import json
@@ -249,4 +256,150 @@ def test_errors_name_the_key_or_tensor(tiny_models, model_ops, tmp_path):
     name = "model.layers.1.block_sparse_moe.experts.2.w3.weight"
     d = _copy(mm, str(tmp_path / "scale_alone"), edit_tensors=lambda t: t.pop(name))
     with pytest.raises(RuntimeError, match=f"'{name}_scale_inv' has no weight '{name}' beside it"):
+        _run(model_ops, d)
+
+
+# ---- GLM-4.5-FP8 as published: a compressed-tensors release read as the source ------------------
+
+GLM_YAML = os.path.join(ROOT, "tools", "recipes", "models", "glm4_moe.yaml")
+W4A16_RUN = ["--scheme", "W4A16", "--samples", "8", "--seq-len", "16", "--batch-size", "4",
+             "--device", "cpu", "--dtype", "float32", "--eval-samples", "4", "--eval-seq-len",
+             "16", "--save-eval-logits"]
+
+
+@pytest.fixture(scope="module")
+def glm_fp8(tiny_models, tmp_path_factory):
+    """moeq quantize --scheme W4A16 (fp32, CPU, with the evaluation's logits and routing) of the FP8
+    release with the compiled plugin and with the declared model, and of compressed-tensors'
+    decompression of it: {run: output directory}."""
+    release = os.path.join(tiny_models, "glm4_moe_fp8")
+    work = tmp_path_factory.mktemp("glm_fp8")
+    tokens = work / "tokens.jsonl"
+    _calibration(tokens)
+    runs = {"release": (release, []), "decompressed": (os.path.join(release, "dequantized"), []),
+            "declared": (release, ["--plugin", GLM_YAML])}
+    out = {}
+    for name, (model, extra) in runs.items():
+        out[name] = work / name
+        proc = subprocess.run(
+            [MOEQ, "quantize", "--model", model, "--output", str(out[name]), "--calibration",
+             str(tokens), "--eval", str(tokens), *W4A16_RUN, "--save-routing",
+             str(work / f"{name}.routing.safetensors"), *extra], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        if model == release:  # read through the decompression, not as stored
+            assert "is a compressed-tensors float-quantized checkpoint" in proc.stderr, proc.stderr
+    return release, work, out
+
+
+def test_glm4_fp8_release_is_what_compressed_tensors_writes(glm_fp8):
+    release, _, _ = glm_fp8
+    qc = json.load(open(os.path.join(release, "config.json")))["quantization_config"]
+    assert (qc["quant_method"], qc["format"], qc["quantization_status"]) == (
+        "compressed-tensors", "float-quantized", "compressed")
+    (group,) = qc["config_groups"].values()
+    assert group["targets"] == ["Linear"]
+    w, a = group["weights"], group["input_activations"]
+    assert (w["type"], w["num_bits"], w["strategy"], w["dynamic"]) == ("float", 8, "channel", False)
+    assert (a["type"], a["num_bits"], a["strategy"], a["dynamic"]) == ("float", 8, "token", True)
+    assert sorted(qc["ignore"]) == ["lm_head", "model.layers.1.mlp.gate", "model.layers.2.mlp.gate"]
+    t = load_file(os.path.join(release, "model.safetensors"))
+    for name in ("model.layers.2.mlp.experts.7.down_proj", "model.layers.1.self_attn.q_proj",
+                 "model.layers.0.mlp.gate_proj", "model.layers.3.eh_proj"):
+        assert t[name + ".weight"].dtype == torch.float8_e4m3fn, name
+        assert t[name + ".weight_scale"].shape == (t[name + ".weight"].shape[0], 1), name
+    for name in ("model.layers.1.mlp.gate", "lm_head"):
+        assert t[name + ".weight"].dtype == torch.bfloat16 and name + ".weight_scale" not in t
+    assert t["model.layers.1.mlp.gate.e_score_correction_bias"].dtype == torch.float32
+
+
+@torch.no_grad()
+def _transformers_forward(model_dir, input_ids):
+    """transformers' fp32 logits and each MoE layer's router top-k ids (sorted per token)."""
+    import transformers
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager",
+        experts_implementation="eager").eval()
+    routed = {}
+    handles = [layer.mlp.gate.register_forward_hook(
+        lambda m, args, out, i=i: routed.__setitem__(i, out[2]))
+        for i, layer in enumerate(model.model.layers) if hasattr(layer.mlp, "gate")]
+    logits = model(input_ids).logits
+    for h in handles:
+        h.remove()
+    return logits, {i: ids.reshape(-1, ids.shape[-1]).sort(-1).values for i, ids in routed.items()}
+
+
+@pytest.mark.parametrize("run", ["release", "declared"])
+def test_glm4_fp8_release_forward_equals_transformers_on_its_decompression(glm_fp8, run):
+    release, work, out = glm_fp8
+    saved = load_file(str(out[run]) + ".report/eval_logits.safetensors")
+    routing = load_file(str(work / f"{run}.routing.safetensors"))
+    logits, routed = _transformers_forward(os.path.join(release, "dequantized"),
+                                           saved["input_ids"])
+    ours = saved["logits_reference"]
+    assert ours.shape == logits.shape and ours.shape[0] * ours.shape[1] == 64
+    err = float((ours - logits).abs().max() / logits.abs().max())
+    print(f"glm4_moe_fp8 ({run}): moeq vs transformers on compressed-tensors' decompression, "
+          f"fp32 CPU logits {tuple(ours.shape)}: max relative error {err:.3g}")
+    assert err <= 1e-4
+    assert sorted(routed) == MOE_LAYERS["glm4_moe"]
+    for i, ids in routed.items():
+        assert torch.equal(routing[f"layers.{i}.reference.topk_ids"].long().sort(-1).values,
+                           ids), f"layer {i}: expert choices differ"
+
+
+def test_glm4_fp8_release_requantizes_like_its_decompression(glm_fp8):
+    _, _, out = glm_fp8
+    for run in ("release", "declared"):
+        for f in ("model.safetensors", "config.json"):
+            assert (out[run] / f).read_bytes() == (out["decompressed"] / f).read_bytes(), (run, f)
+    t = load_file(str(out["release"] / "model.safetensors"))
+    assert not [k for k in t if k.endswith(".weight") and t[k].dtype == torch.float8_e4m3fn]
+    assert t["model.layers.2.mlp.experts.7.down_proj.weight_packed"].dtype == torch.int32
+    assert t["model.layers.3.eh_proj.weight"].dtype == torch.bfloat16  # MTP: decompressed, copied
+    assert t["model.layers.1.mlp.gate.weight"].dtype == torch.bfloat16
+    qc = json.load(open(out["release"] / "config.json"))["quantization_config"]
+    assert qc["format"] == "pack-quantized"
+    assert "model.layers.1.mlp.gate" in qc["ignore"]
+
+
+def test_glm4_fp8_release_runs_and_evaluates_decompressed(glm_fp8, model_ops, tmp_path):
+    """run_model and moeq eval read the release as moeq quantize does: the same numbers as its
+    decompression, never the FP8 codes as values."""
+    release, work, out = glm_fp8
+    ids = torch.randint(128, (2, 12), generator=torch.Generator().manual_seed(3))
+    a = _run_ids(model_ops, release, ids)
+    b = _run_ids(model_ops, os.path.join(release, "dequantized"), ids)
+    assert torch.equal(a[0], b[0])
+    for x, y in zip(a[1], b[1]):
+        assert torch.equal(x, y)
+    saved = {}
+    for name, model in (("release", release), ("decompressed", os.path.join(release,
+                                                                             "dequantized"))):
+        proc = subprocess.run(
+            [MOEQ, "eval", "--model", model, "--quantized", str(out["release"]), "--eval",
+             str(work / "tokens.jsonl"), "--eval-samples", "4", "--eval-seq-len", "16",
+             "--device", "cpu", "--dtype", "float32", "--report", str(tmp_path / name),
+             "--save-logits"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        saved[name] = load_file(str(tmp_path / name / "eval_logits.safetensors"))
+    for key in ("logits_reference", "logits_quantized"):
+        assert torch.equal(saved["release"][key], saved["decompressed"][key]), key
+
+
+def _run_ids(ops, d, ids):
+    return ops.run_model(d, ids, None, None, torch.float32, None, False, "")
+
+
+def test_fp8_codes_the_reader_does_not_decode_are_an_error(glm_fp8, model_ops, tmp_path):
+    """The same tensors under a quantization_config moeq does not decode (not compressed-tensors):
+    the plugin gets the stored FP8 codes, and loading them is an error naming the tensor."""
+    release, _, _ = glm_fp8
+
+    def other_method(c):
+        c["quantization_config"]["quant_method"] = "fp8"
+    d = _copy(release, str(tmp_path / "fp8"), edit_config=other_method)
+    with pytest.raises(RuntimeError, match=r"tensor 'model\.layers\.0\.self_attn\.q_proj\.weight' is "
+                                           r"stored as Float8_e4m3fn \(quantized\), and this source "
+                                           r"does not decompress it"):
         _run(model_ops, d)

@@ -383,7 +383,9 @@ PipelineResult evaluate_checkpoint(const CheckpointEvalOptions& options,
              quantized_config.architecture(), options.model_dir.string(), config.architecture());
   runtime::RuntimeOptions runtime_options;
   runtime_options.placement = options.placement;
-  auto original_source = std::make_shared<runtime::CheckpointSource>(options.model_dir);
+  // The original may itself be a quantized release (GLM-4.5-FP8): its weights decompressed, never
+  // its stored FP8 codes read as values.
+  auto original_source = open_checkpoint(options.model_dir);
   auto reference = build(config, original_source, runtime_options);
   auto quantized_source = std::make_shared<StackFallbackSource>(checkpoint.source, original_source);
   auto quantized = build(quantized_config, quantized_source, runtime_options);

@@ -201,6 +201,13 @@ void Module::load(WeightSource& source, const Placement& placement) {
         return;
       }
       auto t = source.get(p.name);
+      // FP8 codes are only meaningful with their scales: a release read without its decompression
+      // would otherwise run on the raw codes and give plausible, wrong logits.
+      MOEQ_CHECK(!at::isFloat8Type(t.scalar_type()),
+                 "{}: tensor '{}' is stored as {} (quantized), and this source does not "
+                 "decompress it; the checkpoint's quantization_config names a format this reader "
+                 "does not decode",
+                 source.describe(), p.name, c10::toString(t.scalar_type()));
       MOEQ_CHECK(t.sizes().vec() == p.shape, "{}: tensor '{}' has shape {}, expected {}",
                  source.describe(), p.name, detail::shape_str(t.sizes()),
                  detail::shape_str(p.shape));
