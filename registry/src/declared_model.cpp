@@ -6,6 +6,9 @@
 #include <moeq/runtime/weight_source.h>
 
 #include <algorithm>
+#include <charconv>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <utility>
 
@@ -240,6 +243,137 @@ std::string source_of(const Value& v, const io::HfConfig& config) {
   return "the declared default";
 }
 
+// ---- requires: config.json values the declaration implements -------------------------------
+
+// A config.json key whose value must be one of `accepted` (scalars). A key absent or null in
+// config.json passes: the declaration's own defaults describe the model then, as the compiled
+// plugins' get_or(key, <implemented value>) do.
+struct Requirement {
+  ConfigNode where;  // the entry's value: "file:line:col: models[0].requires.<key>"
+  std::string key;   // dots reach into objects (rope_parameters.rope_type)
+  std::vector<nlohmann::json> accepted;
+};
+
+// A YAML scalar as the JSON value it spells: true/false, an integer, a number, else a string. A
+// quoted scalar is always a string ("1" accepts the string "1", 1 the number).
+nlohmann::json scalar_json(const ConfigNode& at) {
+  const std::string& text = at.node.Scalar();
+  if (at.node.Tag() != "!") {
+    if (text == "true" || text == "True" || text == "TRUE") {
+      return true;
+    }
+    if (text == "false" || text == "False" || text == "FALSE") {
+      return false;
+    }
+    const char* end = text.data() + text.size();
+    int64_t integer = 0;
+    if (auto [ptr, ec] = std::from_chars(text.data(), end, integer);
+        ec == std::errc() && ptr == end) {
+      return integer;
+    }
+    double number = 0.0;
+    if (auto [ptr, ec] = std::from_chars(text.data(), end, number);
+        ec == std::errc() && ptr == end) {
+      return number;
+    }
+  }
+  return text;
+}
+
+// Numbers compare by value (1 accepts 1.0); other types only equal their own.
+bool same_value(const nlohmann::json& found, const nlohmann::json& accepted) {
+  if (found.is_number() && accepted.is_number()) {
+    if (found.is_number_float() || accepted.is_number_float()) {
+      return found.get<double>() == accepted.get<double>();
+    }
+    return found.get<int64_t>() == accepted.get<int64_t>();
+  }
+  return found == accepted;
+}
+
+// 'sigmoid' for strings, the JSON text otherwise.
+std::string show_json(const nlohmann::json& value) {
+  return value.is_string() ? fmt::format("'{}'", value.get<std::string>()) : value.dump();
+}
+
+std::string describe_accepted(const std::vector<nlohmann::json>& accepted) {
+  std::vector<std::string> shown;
+  for (const auto& value : accepted) {
+    shown.push_back(show_json(value));
+  }
+  return fmt::format("{}", fmt::join(shown, ", "));
+}
+
+std::vector<Requirement> parse_requirements(const ConfigNode& at) {
+  if (!at.node.IsMap()) {
+    at.fail(
+        "expected a map from config.json keys to the accepted value or list of values "
+        "({scoring_func: sigmoid, topk_method: [noaux_tc, greedy]})");
+  }
+  if (at.node.size() == 0) {
+    at.fail("names no config.json key (leave requires out instead)");
+  }
+  std::vector<Requirement> out;
+  std::map<std::string, YAML::Mark> seen;
+  for (const auto& entry : at.node) {
+    const YAML::Node key = entry.first;
+    if (!key.IsScalar() || key.Scalar().empty()) {
+      ConfigNode{key, at.file, at.path, key.Mark().is_null() ? at.mark : key.Mark()}.fail(
+          "expected a config.json key");
+    }
+    Requirement r;
+    r.key = key.Scalar();
+    r.where = at.child(r.key);
+    if (const auto [first, fresh] = seen.emplace(r.key, key.Mark()); !fresh) {
+      ConfigNode{key, at.file, r.where.path, key.Mark()}.fail(
+          fmt::format("duplicate key (first given at line {})", first->second.line + 1));
+    }
+    const auto one = [](const ConfigNode& value) {
+      if (value.node.IsNull()) {
+        value.fail(
+            "null is not an accepted value: a key absent or null in config.json always passes "
+            "(leave the key out of requires instead)");
+      }
+      if (!value.node.IsScalar()) {
+        value.fail("expected an accepted value: a string, a number, true or false");
+      }
+      return scalar_json(value);
+    };
+    if (r.where.node.IsSequence()) {
+      if (r.where.node.size() == 0) {
+        r.where.fail("lists no accepted value");
+      }
+      for (std::size_t i = 0; i < r.where.node.size(); ++i) {
+        r.accepted.push_back(one(r.where.element(i)));
+      }
+    } else if (r.where.node.IsScalar() || r.where.node.IsNull()) {
+      r.accepted.push_back(one(r.where));
+    } else {
+      r.where.fail("expected the accepted value or a list of accepted values, got a map");
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+// Refuses a config.json holding a variant the declaration does not implement.
+void check_requirements(const std::vector<Requirement>& requirements, const io::HfConfig& config) {
+  for (const auto& r : requirements) {
+    if (!config.contains(r.key)) {
+      continue;  // absent or null: the declared defaults apply
+    }
+    const auto found = config.get<nlohmann::json>(r.key);
+    const bool ok = std::any_of(r.accepted.begin(), r.accepted.end(),
+                                [&](const nlohmann::json& a) { return same_value(found, a); });
+    if (!ok) {
+      r.where.fail(fmt::format(
+          "config key '{}' is {} in '{}', which this declaration does not implement (accepted: "
+          "{})",
+          r.key, show_json(found), config.source(), describe_accepted(r.accepted)));
+    }
+  }
+}
+
 // ---- tensor name patterns -------------------------------------------------------------------
 
 std::size_t count(std::string_view text, std::string_view what) {
@@ -423,6 +557,8 @@ struct DeclaredModel {
   bool shared_gate = false;
   std::optional<MlpNames> dense;
   ConfigNode dense_where;
+
+  std::vector<Requirement> requirements;  // `requires`, checked before anything is read
 };
 
 namespace {
@@ -824,6 +960,11 @@ std::vector<Field> model_fields() {
        .required = true,
        .section = tensors_schema(),
        .doc = "tensor name patterns: {layer} is the decoder layer's index, {expert} the expert's"},
+      {.name = "requires",
+       .type = FieldType::kAny,
+       .doc = "config.json keys (dots reach into objects) mapped to the value, or list of values, "
+              "the declaration implements; another value is an error when the model is built, a "
+              "key absent or null in config.json passes"},
   };
   for (const auto& spec : model_values()) {
     fields.push_back(value_field(spec));
@@ -855,6 +996,9 @@ std::shared_ptr<const DeclaredModel> parse_model(const ConfigNode& node) {
   m->architecture = f.string("architecture");
   m->description = f.string("description");
   m->moe_block_type = f.string("moe_block_type");
+  if (f.given("requires")) {
+    m->requirements = parse_requirements(f.where("requires"));
+  }
   for (const auto& spec : model_values()) {
     Value v = parse_value(f, spec);
     if (spec.name == "rms_norm_eps") {
@@ -1032,6 +1176,9 @@ std::unique_ptr<runtime::CausalLM> build_declared(const DeclaredModel& m,
   using runtime::RotaryEmbedding, runtime::SigmoidTopKOptions, runtime::SigmoidTopKRouter;
   using runtime::SoftmaxTopKOptions, runtime::SoftmaxTopKRouter, runtime::SparseMoeBlock;
   using runtime::SparseMoeOptions, runtime::Attention;
+  // First: a variant the declaration does not implement is named as such, not as whatever
+  // reading its other keys would trip over.
+  check_requirements(m.requirements, config);
   const auto hidden = config.get<int64_t>("hidden_size");
   const auto num_layers = config.get<int64_t>("num_hidden_layers");
   const auto heads = config.get<int64_t>("num_attention_heads");

@@ -6,7 +6,9 @@ MiniMaxM2ForCausalLM (full-width q/k norm, FP8 block-scaled source). On the tiny
 model and its compiled plugin (plugins/glm4_moe, plugins/minimax_m2) give bit-identical fp32 CPU
 logits and routing, both match transformers 5.17.0, and `moeq quantize` writes byte-identical
 checkpoints with either. Malformed stanzas fail with the file, line, column, key path and the bad
-value.
+value. A stanza's `requires` refuses a config.json variant it does not implement (MiniMax-M2's
+scoring_func and qk_norm_type, as the compiled plugin does; GLM-4.5's DeepSeek-style routing keys),
+naming the stanza entry, the key, the value found and the accepted values.
 """
 import json
 import os
@@ -278,7 +280,7 @@ MM_BLOCK = "weight_block_size: {config: quantization_config.weight_block_size, d
 BAD_STANZAS += [
     # The full-width q/k norm, the FP8 block-scaled source and rope.rotary_dim (minimax_m2.yaml).
     ("qk norm scope", _edit_mm("qk_norm_scope: full_width", "qk_norm_scope: per_layer"),
-     "per_layer", "models[0].attention.qk_norm_scope",
+     "per_layer          # q_norm", "models[0].attention.qk_norm_scope",
      "expected one of 'per_head', 'full_width', got 'per_layer'"),
     ("source format", _edit_mm("format: fp8_block_scaled", "format: fp8_block_scale"),
      "fp8_block_scale", "models[0].source.format",
@@ -307,6 +309,31 @@ BAD_STANZAS += [
     ("rotary dim range", _edit_mm("rotary_dim: {config: rotary_dim, default: 0}",
                                   "rotary_dim: {config: rotary_dim, default: -8}"), "-8",
      "models[0].rope.rotary_dim.default", "expected a value >= 0, got -8"),
+]
+
+REQUIRES = "    requires:\n      scoring_func: sigmoid\n      topk_method: noaux_tc\n"
+BAD_STANZAS += [
+    # `requires`: a map from config.json keys to a value or a non-empty list of values.
+    ("requires not a map", _edit(REQUIRES, "    requires: [scoring_func]\n"), "[scoring_func]",
+     "models[0].requires", "expected a map from config.json keys to the accepted value or list "
+     "of values"),
+    ("requires empty", _edit(REQUIRES, "    requires: {}\n"), "{}", "models[0].requires",
+     "names no config.json key (leave requires out instead)"),
+    ("requires empty list", _edit("topk_method: noaux_tc", "topk_method: []"), "[]",
+     "models[0].requires.topk_method", "lists no accepted value"),
+    ("requires null", _edit("topk_method: noaux_tc", "topk_method: null"), "topk_method: null",
+     "models[0].requires.topk_method",
+     "null is not an accepted value: a key absent or null in config.json always passes"),
+    ("requires map value", _edit("topk_method: noaux_tc", "topk_method: {is: noaux_tc}"),
+     "{is: noaux_tc}", "models[0].requires.topk_method",
+     "expected the accepted value or a list of accepted values, got a map"),
+    ("requires nested", _edit("topk_method: noaux_tc", "topk_method: [noaux_tc, [greedy]]"),
+     "[greedy]", "models[0].requires.topk_method[1]",
+     "expected an accepted value: a string, a number, true or false"),
+    ("requires duplicate", _edit(REQUIRES, REQUIRES + "      scoring_func: softmax\n"),
+     "scoring_func: softmax", "models[0].requires.scoring_func",
+     "duplicate key (first given at line {})".format(
+         GLM_TEXT.splitlines().index("      scoring_func: sigmoid") + 1)),
 ]
 
 
@@ -419,3 +446,99 @@ def test_minimax_build_errors_name_the_stanza_and_the_config_key(tiny_models, op
     line, col = _where(MM_TEXT, needle)
     assert f"minimax_m2.yaml:{line}:{col}: {path}: " in got, got
     assert message in got, got
+
+
+# ---- requires: config.json variants a declaration does not implement -----------------------------
+
+@pytest.mark.parametrize("name,yaml,key,value,accepted,compiled", [
+    # MiniMax-M2: the compiled plugin's guards, and the compiled plugin's own refusal.
+    ("minimax_m2_fp8", MM_YAML, "scoring_func", "softmax", "'sigmoid'",
+     "MiniMax-M2 routing is sigmoid, got scoring_func 'softmax'"),
+    ("minimax_m2_fp8", MM_YAML, "qk_norm_type", "per_head", "'per_layer'",
+     "qk_norm_type 'per_head' is not supported"),
+    # GLM-4.5: DeepSeek-style keys its config leaves out (the compiled plugin reads neither).
+    ("glm4_moe", GLM_YAML, "scoring_func", "softmax", "'sigmoid'", None),
+    ("glm4_moe", GLM_YAML, "topk_method", "greedy", "'noaux_tc'", None),
+], ids=["minimax scoring_func", "minimax qk_norm_type", "glm scoring_func", "glm topk_method"])
+def test_requires_refuses_a_variant_the_declaration_does_not_implement(
+        tiny_models, ops, tmp_path, name, yaml, key, value, accepted, compiled):
+    d = _copy_model(tiny_models, name, str(tmp_path / "m"), lambda c: c.update({key: value}))
+    with pytest.raises(RuntimeError) as e:
+        ops.run_model(d, torch.ones(1, 4, dtype=torch.long), None, None, torch.float32, None,
+                      False, "", [yaml])
+    text = open(yaml).read()
+    line, col = _where(text, f"      {key}: ")
+    col += len(f"      {key}: ")
+    where = f"{os.path.basename(yaml)}:{line}:{col}: models[0].requires.{key}: "
+    assert (f"{where}config key '{key}' is '{value}' in '{d}/config.json', which this declaration "
+            f"does not implement (accepted: {accepted})") in str(e.value), str(e.value)
+    if compiled:
+        plugin = os.path.basename(yaml)[: -len(".yaml")]
+        with pytest.raises(RuntimeError, match=re.escape(compiled)):
+            ops.run_model(d, torch.ones(1, 4, dtype=torch.long), None, None, torch.float32,
+                          None, False, "", [plugin])
+
+
+def test_requires_passes_the_accepted_value_and_an_absent_key(tiny_models, ops, tmp_path):
+    """The fixture's config states scoring_func and qk_norm_type as accepted; without them (absent,
+    or null: both read as absent) the declared model is still the compiled one."""
+    name = "minimax_m2_fp8"
+    src = os.path.join(tiny_models, name)
+    config = json.load(open(os.path.join(src, "config.json")))
+    assert (config["scoring_func"], config["qk_norm_type"]) == ("sigmoid", "per_layer")
+
+    def drop(c):
+        c.pop("scoring_func")
+        c["qk_norm_type"] = None
+    d = _copy_model(tiny_models, name, str(tmp_path / "m"), drop)
+    ref = load_file(os.path.join(src, "reference.safetensors"))
+    _assert_declared_equals_compiled(ops, d, ref, MM_YAML, "minimax_m2", MOE_LAYERS[name])
+
+
+def _requires_stanza(tmp_path, entries):
+    """glm4_moe.yaml with `entries` (YAML lines) as its requires map."""
+    f = tmp_path / "req.yaml"
+    f.write_text(_edit(REQUIRES, "    requires:\n" + "".join(f"      {e}\n" for e in entries)))
+    return str(f)
+
+
+def test_requires_compares_typed_values_and_dotted_keys(tiny_models, ops, tmp_path):
+    """Numbers compare by value (8 accepts 8 and 8.0), booleans and strings only their own type
+    (a quoted "8" is a string); dots reach into objects; any value of a list passes."""
+    d = os.path.join(tiny_models, "glm4_moe")
+    ids = torch.ones(1, 4, dtype=torch.long)
+    ok = _requires_stanza(tmp_path, ["n_routed_experts: 8.0", "use_qk_norm: true",
+                                     "first_k_dense_replace: [0, 1]", "model_type: glm4_moe",
+                                     "rope_parameters.rope_type: [yarn, default]",
+                                     "routed_scaling_factor: 2.5"])
+    declared = ops.run_model(d, ids, None, None, torch.float32, None, False, "", [ok])
+    compiled = ops.run_model(d, ids, None, None, torch.float32, None, False, "", ["glm4_moe"])
+    assert torch.equal(declared[0], compiled[0])
+
+    for entry, found, accepted in [
+            ('n_routed_experts: "8"', "8", "'8'"),
+            ("use_qk_norm: 1", "true", "1"),
+            ("rope_parameters.rope_type: yarn", "'default'", "'yarn'"),
+            ("first_k_dense_replace: [2, 3]", "1", "2, 3")]:
+        (tmp_path / "req.yaml").unlink()
+        f = _requires_stanza(tmp_path, [entry])
+        key = entry.split(":")[0]
+        with pytest.raises(RuntimeError) as e:
+            ops.run_model(d, ids, None, None, torch.float32, None, False, "", [f])
+        line, col = _where(open(f).read(), entry)
+        col += len(key) + 2
+        assert (f"req.yaml:{line}:{col}: models[0].requires.{key}: config key '{key}' is {found} "
+                f"in '{d}/config.json', which this declaration does not implement (accepted: "
+                f"{accepted})") in str(e.value), str(e.value)
+
+
+def test_requires_is_checked_before_the_other_keys(tiny_models, ops, tmp_path):
+    """A variant is named as such, not as the first other key it trips over."""
+    def variant(c):
+        c["scoring_func"] = "softmax"
+        c.pop("moe_intermediate_size")  # would otherwise fail experts.intermediate_size
+    d = _copy_glm(tiny_models, str(tmp_path / "m"), variant)
+    with pytest.raises(RuntimeError, match=r"models\[0\]\.requires\.scoring_func: config key "
+                                           r"'scoring_func' is 'softmax'"):
+        ops.run_model(d, torch.ones(1, 4, dtype=torch.long), None, None, torch.float32, None,
+                      False, "", [GLM_YAML])

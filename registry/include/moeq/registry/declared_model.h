@@ -7,7 +7,9 @@
 //     sigmoid top-k router, PerExpertMlps, optional shared experts), laid out by tensor name
 //     patterns, over the checkpoint as stored or FP8 block-scaled (dequantized per layer);
 //   - the easy tier's SparseMoeAdapter under the stanza's MoE block type.
-// Every option is a literal or read from named config.json keys. The stanza reference is in
+// Every option is a literal or read from named config.json keys; `requires` lists config.json
+// values the stanza implements, so a variant it does not build is refused when the model is built
+// (a key absent from config.json passes). The stanza reference is in
 // docs/contributing-models.md ("Easy tier without compiled code"); examples ship in
 // tools/recipes/models/ (glm4_moe.yaml, minimax_m2.yaml).
 //
