@@ -188,6 +188,7 @@ std::unique_ptr<CausalLM> build_deepseek_v3(const moeq::io::HfConfig& config,
   auto rotary = std::make_shared<const RotaryEmbedding>(rope);
   model->set_rotary(rotary);
 
+  moeq_plugins::check_sigmoid_noaux_routing(config, "DeepSeek-V3");
   moeq_plugins::SigmoidTopKOptions router;  // transformers' DeepseekV3TopkRouter
   router.hidden_size = hidden;
   router.num_experts = config.get<int64_t>("n_routed_experts");

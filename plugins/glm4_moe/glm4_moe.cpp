@@ -80,6 +80,7 @@ std::unique_ptr<CausalLM> build_glm4_moe(const moeq::io::HfConfig& config,
   attention.qk_norm_type = "Glm4MoeRMSNorm";
   attention.qk_norm_eps = eps;
 
+  moeq_plugins::check_sigmoid_noaux_routing(config, "GLM-4.5");
   moeq_plugins::SigmoidTopKOptions router;  // transformers' Glm4MoeTopkRouter
   router.hidden_size = hidden;
   router.num_experts = config.get_first<int64_t>({"n_routed_experts", "num_local_experts"});

@@ -69,11 +69,7 @@ std::unique_ptr<CausalLM> build_minimax_m2(const moeq::io::HfConfig& config,
   const auto eps = config.get_or("rms_norm_eps", 1e-6);
 
   // What the published config states about the model's structure, where it says it.
-  const auto scoring = config.get_or("scoring_func", "sigmoid");
-  MOEQ_CHECK(scoring == "sigmoid",
-             "config '{}': MiniMax-M2 routing is sigmoid, got scoring_func "
-             "'{}'",
-             config.source(), scoring);
+  moeq_plugins::check_sigmoid_noaux_routing(config, "MiniMax-M2");
   const auto qk_norm_type = config.get_or("qk_norm_type", "per_layer");
   MOEQ_CHECK(qk_norm_type == "per_layer",
              "config '{}': qk_norm_type '{}' is not supported (MiniMax-M2 normalises q and k over "

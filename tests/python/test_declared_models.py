@@ -456,9 +456,12 @@ def test_minimax_build_errors_name_the_stanza_and_the_config_key(tiny_models, op
      "MiniMax-M2 routing is sigmoid, got scoring_func 'softmax'"),
     ("minimax_m2_fp8", MM_YAML, "qk_norm_type", "per_head", "'per_layer'",
      "qk_norm_type 'per_head' is not supported"),
-    # GLM-4.5: DeepSeek-style keys its config leaves out (the compiled plugin reads neither).
-    ("glm4_moe", GLM_YAML, "scoring_func", "softmax", "'sigmoid'", None),
-    ("glm4_moe", GLM_YAML, "topk_method", "greedy", "'noaux_tc'", None),
+    # GLM-4.5: DeepSeek-style keys its config leaves out; the compiled plugin checks them too.
+    ("glm4_moe", GLM_YAML, "scoring_func", "softmax", "'sigmoid'",
+     "GLM-4.5 routing is sigmoid, got scoring_func 'softmax'"),
+    ("glm4_moe", GLM_YAML, "topk_method", "greedy", "'noaux_tc'",
+     "GLM-4.5 selects experts by bias-corrected scores (topk_method 'noaux_tc'), got topk_method "
+     "'greedy'"),
 ], ids=["minimax scoring_func", "minimax qk_norm_type", "glm scoring_func", "glm topk_method"])
 def test_requires_refuses_a_variant_the_declaration_does_not_implement(
         tiny_models, ops, tmp_path, name, yaml, key, value, accepted, compiled):

@@ -9,6 +9,7 @@ transformers' reference (for FP8: transformers on the fixture's own dequantizati
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -198,6 +199,14 @@ def test_errors_name_the_tensor_or_key(tiny_deepseek, model_ops, tmp_path):
     d = _broken_copy(fp8, str(tmp_path / "kv"), edit_config=bad_kv)
     with pytest.raises(RuntimeError, match="num_key_value_heads must equal num_attention_heads"):
         _run(model_ops, d)
+    # DeepSeek-V2-style routing (softmax scores, greedy selection) is another model.
+    for key, value, message in [
+            ("scoring_func", "softmax", "DeepSeek-V3 routing is sigmoid, got scoring_func 'softmax'"),
+            ("topk_method", "group_limited_greedy",
+             "got topk_method 'group_limited_greedy'")]:
+        d = _broken_copy(fp8, str(tmp_path / key), edit_config=lambda c: c.update({key: value}))
+        with pytest.raises(RuntimeError, match=re.escape(message)):
+            _run(model_ops, d)
     with pytest.raises(RuntimeError, match="experts_dispatch must be per_expert, batched or "
                                            "grouped, got 'fast'"):
         model_ops.run_model(fp8, torch.ones(1, 4, dtype=torch.long), None, None, torch.float32,
