@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One DeepSeek-V3-shaped model (tools/bench/make_deepseek_shaped.py) through `moeq quantize` on
 # the GPU, sampling the GPU's used memory every 200 ms. Usage: deepseek_memory.sh BUILD OUT
-# [layers] [scheme]. Writes OUT/deepseek_memory.{txt,csv}.
+# [layers] [scheme] [samples of 512 tokens, default 32]. Writes OUT/deepseek_memory.{txt,csv}.
 set -euo pipefail
-build="$1"; out="$2"; layers="${3:-3}"; scheme="${4:-NVFP4}"
+build="$1"; out="$2"; layers="${3:-3}"; scheme="${4:-NVFP4}"; samples="${5:-32}"
 model=/tmp/deepseek_shaped
 [[ -f "$model/model.safetensors.index.json" ]] || python3 tools/bench/make_deepseek_shaped.py "$model" --layers "$layers"
 python3 - <<'PY'
@@ -19,7 +19,7 @@ trap 'kill $smi 2>/dev/null || true' EXIT
 # Expandable segments: freed blocks are returned to the pool without fragmentation, so the sampled
 # memory in use tracks what the run needs rather than what the caching allocator kept.
 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True /usr/bin/time -v "$build/tools/cli/moeq" quantize --model "$model" --output /tmp/deepseek_q \
-  --scheme "$scheme" --calibration /tmp/deepseek_calib.jsonl --samples 32 --seq-len 512 \
+  --scheme "$scheme" --calibration /tmp/deepseek_calib.jsonl --samples "$samples" --seq-len 512 \
   --batch-size 8 --device cuda --dtype bfloat16 --no-eval --overwrite 2>&1 | tee "$out/deepseek_memory.txt" || true
 kill $smi
 echo "peak GPU memory used (MiB): $(sort -n "$out/deepseek_memory.csv" | tail -1)" | tee -a "$out/deepseek_memory.txt"

@@ -404,6 +404,13 @@ int run_quantize(const QuantizeFlags& flags) {
   const char* kill_after = std::getenv("MOEQ_TEST_KILL_AFTER_LAYER");
   progress.layer_end = [&](const pipeline::LayerResult& layer) {
     bar->finish();
+    if (layer.peak_device_bytes > 0) {  // on a GPU: what the layer took, as it goes
+      std::fprintf(stderr,
+                   "  layer %lld: peak GPU memory in tensors %.2f GiB (allocator %.2f GiB)\n",
+                   static_cast<long long>(layer.index),
+                   static_cast<double>(layer.peak_device_bytes) / (1 << 30),
+                   static_cast<double>(layer.peak_device_reserved_bytes) / (1 << 30));
+    }
     if (kill_after != nullptr && layer.index == std::atoll(kill_after)) {
       std::raise(SIGKILL);
     }
