@@ -250,3 +250,24 @@ def test_existing_output_is_kept_without_overwrite(models, tmp_path):
     assert proc.returncode != 0
     assert "exists" in proc.stderr, proc.stderr
     assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("dtype,factor", [("bfloat16", 1), ("float32", 2)])
+def test_report_gives_each_layers_weight_bytes(models, tmp_path, dtype, factor):
+    """report.json's weight_bytes is what the layer holds once loaded, in the compute dtype (the
+    stored bf16 tensors, twice that in fp32; the router's fp32 copy is counted as held); on the
+    CPU no GPU peak is measured."""
+    out = tmp_path / "out"
+    _quantize(models["mixtral"], out, "--scheme", "W4A16", "--dtype", dtype, "--no-eval")
+    report = json.load(open(f"{out}.report/report.json"))
+    stored = load_file(str(models["mixtral"] / "model.safetensors"))
+    assert report["run"]["peak_device_bytes"] == 0
+    for layer in report["layers"]:
+        prefix = f"model.layers.{layer['index']}."
+        layer_bytes = sum(t.numel() * t.element_size() for k, t in stored.items()
+                          if k.startswith(prefix))
+        router = stored[f"{prefix}block_sparse_moe.gate.weight"]
+        held = layer["weight_bytes"]
+        assert factor * layer_bytes <= held <= factor * layer_bytes + 2 * router.numel() * 2, \
+            (layer["index"], held, layer_bytes)
+        assert layer["peak_device_bytes"] == 0 and layer["peak_device_reserved_bytes"] == 0

@@ -97,6 +97,8 @@ def test_a_layer_is_held_about_once_on_the_gpu(tmp_path):
         prefix = f"model.layers.{layer['index']}."
         layer_bytes = sum(t.numel() * t.element_size() for k, t in stored.items()
                           if k.startswith(prefix))
+        # bf16 stored and computed, so resident equals stored (the router's fp32 copy aside).
+        assert layer_bytes <= layer["weight_bytes"] < 1.01 * layer_bytes
         peak = layer["peak_device_bytes"]
         print(f"layer {layer['index']}: weights {layer_bytes / 2**20:.1f} MiB, "
               f"peak {peak / 2**20:.1f} MiB ({peak / layer_bytes:.2f}x), reserved "

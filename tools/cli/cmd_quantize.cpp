@@ -4,6 +4,7 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 #include <nlohmann/json.hpp>
 
@@ -405,11 +407,15 @@ int run_quantize(const QuantizeFlags& flags) {
   progress.layer_end = [&](const pipeline::LayerResult& layer) {
     bar->finish();
     if (layer.peak_device_bytes > 0) {  // on a GPU: what the layer took, as it goes
-      std::fprintf(stderr,
-                   "  layer %lld: peak GPU memory in tensors %.2f GiB (allocator %.2f GiB)\n",
-                   static_cast<long long>(layer.index),
-                   static_cast<double>(layer.peak_device_bytes) / (1 << 30),
-                   static_cast<double>(layer.peak_device_reserved_bytes) / (1 << 30));
+      const double gib = 1 << 30;
+      fmt::print(stderr,
+                 "  layer {}: peak GPU memory in tensors {:.2f} GiB, {:.2f}x its {:.2f} GiB of "
+                 "weights (allocator {:.2f} GiB)\n",
+                 layer.index, static_cast<double>(layer.peak_device_bytes) / gib,
+                 static_cast<double>(layer.peak_device_bytes) /
+                     static_cast<double>(std::max<int64_t>(layer.weight_bytes, 1)),
+                 static_cast<double>(layer.weight_bytes) / gib,
+                 static_cast<double>(layer.peak_device_reserved_bytes) / gib);
     }
     if (kill_after != nullptr && layer.index == std::atoll(kill_after)) {
       std::raise(SIGKILL);

@@ -140,6 +140,7 @@ Json layer_to_json(const LayerResult& layer) {
           {"tokens", layer.tokens},
           {"peak_device_bytes", layer.peak_device_bytes},
           {"peak_device_reserved_bytes", layer.peak_device_reserved_bytes},
+          {"weight_bytes", layer.weight_bytes},
           {"output_error", layer.output_error},
           {"eval_hidden_error", layer.eval_hidden_error},
           {"coverage", std::move(coverage)},
@@ -155,6 +156,7 @@ LayerResult layer_from_json(const Json& j) {
   layer.tokens = j.at("tokens").get<int64_t>();
   layer.peak_device_bytes = j.at("peak_device_bytes").get<int64_t>();
   layer.peak_device_reserved_bytes = j.at("peak_device_reserved_bytes").get<int64_t>();
+  layer.weight_bytes = j.at("weight_bytes").get<int64_t>();
   layer.output_error = j.at("output_error").get<double>();
   layer.eval_hidden_error = j.at("eval_hidden_error").get<double>();
   for (const auto& c : j.at("coverage")) {

@@ -229,11 +229,13 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
     between_layers_peak = std::max(between_layers_peak, close_memory_window().first);
     auto& layer = model->layer(i);
     model->load(layer);
+    const int64_t weight_bytes = layer.resident_bytes();
     if (progress.layer_begin) {
       progress.layer_begin(i, num_layers, static_cast<int64_t>(calib.hidden.size()));
     }
     LayerResult lr;
     lr.index = i;
+    lr.weight_bytes = weight_bytes;
     lr.skipped = true;
     int64_t tokens = 0;
     for (size_t b = 0; b < calib.hidden.size(); ++b) {
@@ -272,6 +274,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
     between_layers_peak = std::max(between_layers_peak, close_memory_window().first);
     auto& layer = model->layer(i);
     model->load(layer);
+    const int64_t weight_bytes = layer.resident_bytes();
     LayerSession session(layer, weights, options_.rules, options_.calibration);
     session.attach_adapters(adapters);
     if (progress.layer_begin) {
@@ -307,6 +310,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
     // quantized and its original weight is then replaced by the quantized one.
     LayerResult lr;
     lr.index = i;
+    lr.weight_bytes = weight_bytes;
     std::map<std::pair<std::string, int64_t>, bool> fallback;
     for (const auto& cov : session.coverage()) {
       for (int64_t e = 0; e < cov.num_experts(); ++e) {

@@ -354,6 +354,7 @@ Report::Report(const PipelineResult& result, const RunInfo& info) {
                       {"tokens_per_second", layer.seconds > 0 ? layer.tokens / layer.seconds : 0.0},
                       {"peak_device_bytes", layer.peak_device_bytes},
                       {"peak_device_reserved_bytes", layer.peak_device_reserved_bytes},
+                      {"weight_bytes", layer.weight_bytes},
                       {"output_error", layer.output_error},
                       {"eval_hidden_error", layer.eval_hidden_error},
                       {"blocks", blocks},

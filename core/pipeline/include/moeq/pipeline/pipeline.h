@@ -115,6 +115,7 @@ struct LayerResult {
   // in live tensors, and the most the allocator held (its cache included).
   int64_t peak_device_bytes = 0;
   int64_t peak_device_reserved_bytes = 0;
+  int64_t weight_bytes = 0;  // the layer's resident weights once loaded (compute dtype)
   std::vector<ExpertCoverage> coverage;
   std::vector<ProjectionResult> projections;
   // Relative RMS error of the quantized layer's output against the original layer's output on
