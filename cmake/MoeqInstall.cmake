@@ -39,6 +39,8 @@ install(DIRECTORY "${PROJECT_SOURCE_DIR}/core/include/moeq/core"
                   "${PROJECT_SOURCE_DIR}/registry/include/moeq/registry"
         DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/moeq"
         FILES_MATCHING PATTERN "*.h")
+install(FILES "${PROJECT_BINARY_DIR}/generated/include/moeq/registry/sdk_fingerprint.h"
+        DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/moeq/registry")
 install(EXPORT moeqTargets NAMESPACE moeq:: DESTINATION "${MOEQ_INSTALL_CMAKEDIR}")
 
 configure_package_config_file("${PROJECT_SOURCE_DIR}/cmake/moeqConfig.cmake.in"

@@ -223,8 +223,12 @@ const LoadedPlugin& PluginManager::load_impl(const fs::path& file, std::string_v
   MOEQ_CHECK(info->api_version == MOEQ_PLUGIN_API_VERSION,
              "plugin '{}' has plugin API version {}, but this moeq supports version {}",
              path.string(), info->api_version, MOEQ_PLUGIN_API_VERSION);
-  PluginInfo plugin_info{path, text_or_empty(info->name), text_or_empty(info->version),
-                         text_or_empty(info->torch_version), text_or_empty(info->cxx_abi)};
+  PluginInfo plugin_info{path,
+                         text_or_empty(info->name),
+                         text_or_empty(info->version),
+                         text_or_empty(info->torch_version),
+                         text_or_empty(info->cxx_abi),
+                         text_or_empty(info->sdk_fingerprint)};
   const std::string& name = plugin_info.name;
   MOEQ_CHECK(valid_plugin_name(name),
              "plugin '{}' declares an invalid name '{}' (letters, digits and '_')", path.string(),
@@ -240,6 +244,11 @@ const LoadedPlugin& PluginManager::load_impl(const fs::path& file, std::string_v
   MOEQ_CHECK(plugin_info.cxx_abi == host_cxx_abi(),
              "plugin '{}' from '{}' was built with C++ ABI '{}', but this moeq was built with '{}'",
              name, path.string(), plugin_info.cxx_abi, host_cxx_abi());
+  // The same moeq headers (every options struct and block a plugin compiles against).
+  MOEQ_CHECK(plugin_info.sdk_fingerprint == MOEQ_SDK_FINGERPRINT,
+             "plugin '{}' from '{}' was built against moeq SDK headers {}, but this moeq's are {}; "
+             "rebuild the plugin against this moeq (its headers changed since)",
+             name, path.string(), plugin_info.sdk_fingerprint, MOEQ_SDK_FINGERPRINT);
 
   // 5. The callback is set.
   MOEQ_CHECK(info->register_fn != nullptr, "plugin '{}' from '{}' has no registration callback",

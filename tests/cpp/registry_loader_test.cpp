@@ -171,6 +171,17 @@ TEST_F(PluginLoaderTest, CxxAbiMismatch) {
                 moeq::host_cxx_abi() + "'");
 }
 
+TEST_F(PluginLoaderTest, SdkHeadersMismatch) {
+  PluginManager manager;
+  const std::string path = plugin_path("sdk_mismatch");
+  EXPECT_EQ(load_error(manager, path),
+            "plugin 'sdk_mismatch' from '" + path +
+                "' was built against moeq SDK headers 0123456789abcdef, but this moeq's are " +
+                std::string(MOEQ_SDK_FINGERPRINT) +
+                "; rebuild the plugin against this moeq (its headers changed since)");
+  EXPECT_EQ(std::string(MOEQ_SDK_FINGERPRINT).size(), 16U);
+}
+
 TEST_F(PluginLoaderTest, MissingCallback) {
   PluginManager manager;
   const std::string path = plugin_path("no_callback");

@@ -10,4 +10,5 @@ MOEQ_PLUGIN_DETAIL_DEFINE(abi_mismatch,
                           MOEQ_PLUGIN_API_VERSION,
                           TORCH_VERSION,
                           "gcc-12:cxx11abi=0:fmt=90100",
+                          MOEQ_SDK_FINGERPRINT,
                           register_nothing)

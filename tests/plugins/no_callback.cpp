@@ -4,7 +4,8 @@
 
 namespace {
 constexpr moeq_plugin_info kInfo = {MOEQ_PLUGIN_API_VERSION, "no_callback",       "1.0.0",
-                                    TORCH_VERSION,           MOEQ_PLUGIN_CXX_ABI, nullptr};
+                                    TORCH_VERSION,           MOEQ_PLUGIN_CXX_ABI, nullptr,
+                                    MOEQ_SDK_FINGERPRINT};
 const moeq_plugin_info* get_info() noexcept {
   return &kInfo;
 }

@@ -10,4 +10,5 @@ MOEQ_PLUGIN_DETAIL_DEFINE(torch_mismatch,
                           MOEQ_PLUGIN_API_VERSION,
                           "1.13.1",
                           MOEQ_PLUGIN_CXX_ABI,
+                          MOEQ_SDK_FINGERPRINT,
                           register_nothing)

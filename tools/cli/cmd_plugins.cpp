@@ -95,7 +95,8 @@ int run_plugins(const PluginsOptions& options) {
     const PluginInfo& info = plugin->info();
     std::printf("plugin '%s' %s from %s\n", info.name.c_str(), info.version.c_str(),
                 info.path.string().c_str());
-    std::printf("  built with torch %s, %s\n", info.torch_version.c_str(), info.cxx_abi.c_str());
+    std::printf("  built with torch %s, %s, SDK %s\n", info.torch_version.c_str(),
+                info.cxx_abi.c_str(), info.sdk_fingerprint.c_str());
     if (plugin->registrations().empty()) {
       std::printf("  (registered nothing)\n");
     }

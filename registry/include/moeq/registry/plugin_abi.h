@@ -3,15 +3,19 @@
 // This is the only header a plugin must match exactly. A plugin is a shared object that exports
 // one symbol, `moeq_get_plugin_info` (a Boost.DLL alias), returning a `moeq_plugin_info`. The host
 // checks, in order, that the file loads, that the symbol exists, that `api_version`, the torch
-// version and the C++ ABI equal its own, and that the callback is set; then it calls the callback
-// with its registries (see docs/plugins.md). Nothing registers at load time: no static
-// constructors inside a plugin.
+// version, the C++ ABI and the SDK fingerprint equal its own, and that the callback is set; then it
+// calls the callback with its registries (see docs/plugins.md). Nothing registers at load time: no
+// static constructors inside a plugin.
 //
 // Versioning rule (LLVM's PassPlugin): MOEQ_PLUGIN_API_VERSION is bumped whenever a field of
 // `moeq_plugin_info` or `moeq_plugin_host` is added, removed or reordered, and whenever the
 // registries a plugin registers into change (a registry added, an interface's virtual functions
 // extended). `api_version` stays the first field forever, so a host can always read it.
 // 2: the pipeline_stages registry (the hard tier's stage overrides).
+// 3: sdk_fingerprint. The API version covers this file's structs; the fingerprint (a hash of
+//    every public header, generated at configure time) covers the rest of the SDK a plugin
+//    compiles against: runtime blocks, options structs, adapters. A plugin built against other
+//    headers is refused by name rather than run with another struct layout.
 #pragma once
 
 #include <cstdint>
@@ -22,8 +26,9 @@
 #include <boost/dll/alias.hpp>
 
 #include "moeq/core/error.h"
+#include "moeq/registry/sdk_fingerprint.h"
 
-#define MOEQ_PLUGIN_API_VERSION 2
+#define MOEQ_PLUGIN_API_VERSION 3
 
 namespace moeq {
 class Logger;
@@ -53,6 +58,7 @@ struct moeq_plugin_info {
   const char* cxx_abi;        // MOEQ_PLUGIN_CXX_ABI, e.g. "gcc-12:cxx11abi=1:fmt=90100"
   // Registers everything the plugin provides; returns 0 on success, 1 after report_error.
   int (*register_fn)(moeq_plugin_host* host) noexcept;
+  const char* sdk_fingerprint;  // MOEQ_SDK_FINGERPRINT of the headers the plugin was built with
 };
 
 }  // extern "C"
@@ -105,15 +111,16 @@ int run_plugin_register(moeq_plugin_host* host, Register&& register_function) no
 // Writes a plugin's entry point with every field given explicitly. Use MOEQ_PLUGIN; this form
 // exists for the loader's tests, which build plugins with wrong versions on purpose.
 #define MOEQ_PLUGIN_DETAIL_DEFINE(name, plugin_version, api_version_value, torch_version_value, \
-                                  cxx_abi_value, register_function)                             \
+                                  cxx_abi_value, sdk_fingerprint_value, register_function)      \
   namespace {                                                                                   \
   int moeq_plugin_register_##name(moeq_plugin_host* host) noexcept {                            \
     return ::moeq::detail::run_plugin_register(                                                 \
         host, [](::moeq::PluginRegistrar& registrar) { register_function(registrar); });        \
   }                                                                                             \
   constexpr moeq_plugin_info kMoeqPluginInfo_##name = {                                         \
-      (api_version_value),   #name,           (plugin_version),                                 \
-      (torch_version_value), (cxx_abi_value), &moeq_plugin_register_##name};                    \
+      (api_version_value),    #name,           (plugin_version),                                \
+      (torch_version_value),  (cxx_abi_value), &moeq_plugin_register_##name,                    \
+      (sdk_fingerprint_value)};                                                                 \
   const moeq_plugin_info* moeq_plugin_get_info_##name() noexcept {                              \
     return &kMoeqPluginInfo_##name;                                                             \
   }                                                                                             \
@@ -130,4 +137,4 @@ int run_plugin_register(moeq_plugin_host* host, Register&& register_function) no
 //   MOEQ_PLUGIN(mixtral, "0.1.0", register_mixtral)
 #define MOEQ_PLUGIN(name, plugin_version, register_function)                              \
   MOEQ_PLUGIN_DETAIL_DEFINE(name, plugin_version, MOEQ_PLUGIN_API_VERSION, TORCH_VERSION, \
-                            MOEQ_PLUGIN_CXX_ABI, register_function)
+                            MOEQ_PLUGIN_CXX_ABI, MOEQ_SDK_FINGERPRINT, register_function)

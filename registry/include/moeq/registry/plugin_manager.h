@@ -38,6 +38,7 @@ struct PluginInfo {
   std::string version;
   std::string torch_version;
   std::string cxx_abi;
+  std::string sdk_fingerprint;
 };
 
 class BOOST_SYMBOL_VISIBLE LoadedPlugin {
