@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -299,6 +300,87 @@ TEST(RuntimeBlocks, FullWidthQkNormNormalisesBeforeTheHeadsSplit) {
               std::string::npos)
         << e.message();
   }
+}
+
+// OLMoE's clip_qkv clamps q, k and v after the full-width norms, before the heads split and RoPE.
+TEST(RuntimeBlocks, ClipQkvClampsQKVAfterTheNorms) {
+  using moeq::runtime::QkNormScope;
+  const int64_t b = 2, s = 5, hidden = 16, heads = 4, kv_heads = 2, d = 4;
+  moeq::runtime::AttentionOptions o;
+  o.hidden_size = hidden;
+  o.num_heads = heads;
+  o.num_kv_heads = kv_heads;
+  o.head_dim = d;
+  o.qk_norm = true;
+  o.qk_norm_scope = QkNormScope::kFullWidth;
+  o.qk_norm_eps = 1e-6;
+  moeq::runtime::RopeOptions rope;
+  rope.head_dim = d;
+  auto rotary = std::make_shared<const moeq::runtime::RotaryEmbedding>(rope);
+
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
+  std::map<std::string, at::Tensor> w = {
+      {"attn.q_proj.weight", at::randn({heads * d, hidden}, gen)},
+      {"attn.k_proj.weight", at::randn({kv_heads * d, hidden}, gen)},
+      {"attn.v_proj.weight", at::randn({kv_heads * d, hidden}, gen)},
+      {"attn.o_proj.weight", at::randn({hidden, heads * d}, gen)},
+      {"attn.q_norm.weight", 1.0 + 0.1 * at::randn({heads * d}, gen)},
+      {"attn.k_norm.weight", 1.0 + 0.1 * at::randn({kv_heads * d}, gen)},
+  };
+  moeq::runtime::TensorMapSource source(w);
+  auto x = at::randn({b, s, hidden}, gen);
+  auto run = [&](std::optional<double> clip) {
+    auto opts = o;
+    opts.clip_qkv = clip;
+    moeq::runtime::Attention attn("Attn", "attn", opts, rotary);
+    attn.load(source, {});
+    moeq::runtime::ForwardContext ctx(b, s, {}, {}, {});
+    return attn.forward(x, ctx);
+  };
+  const auto plain = run(std::nullopt);
+
+  // The reference: transformers' OlmoeAttention, clamping the normed q, k and the raw v.
+  auto rms = [](const at::Tensor& t, const at::Tensor& weight) {
+    return weight * (t * at::rsqrt(t.pow(2).mean(-1, true) + 1e-6));
+  };
+  auto q_flat = rms(at::matmul(x, w["attn.q_proj.weight"].t()), w["attn.q_norm.weight"]);
+  auto k_flat = rms(at::matmul(x, w["attn.k_proj.weight"].t()), w["attn.k_norm.weight"]);
+  auto v_flat = at::matmul(x, w["attn.v_proj.weight"].t());
+  auto reference = [&](double clip) {
+    auto heads_of = [&](const at::Tensor& t) {
+      return t.clamp(-clip, clip).view({b, s, -1, d}).transpose(1, 2);
+    };
+    moeq::runtime::ForwardContext ctx(b, s, {}, {}, {});
+    const auto& [cos, sin] = ctx.rope(*rotary);
+    auto q = moeq::runtime::RotaryEmbedding::apply(heads_of(q_flat), cos, sin);
+    auto k = moeq::runtime::RotaryEmbedding::apply(heads_of(k_flat), cos, sin)
+                 .repeat_interleave(heads / kv_heads, 1);
+    auto v = heads_of(v_flat).repeat_interleave(heads / kv_heads, 1);
+    auto scores =
+        at::matmul(q, k.transpose(2, 3)) / std::sqrt(static_cast<double>(d)) + ctx.additive_mask(0);
+    auto out = at::matmul(at::softmax(scores, -1), v).transpose(1, 2).reshape({b, s, -1});
+    return at::matmul(out, w["attn.o_proj.weight"].t());
+  };
+
+  // A clip above every activation changes nothing.
+  const double largest =
+      std::max({q_flat.abs().max().item<double>(), k_flat.abs().max().item<double>(),
+                v_flat.abs().max().item<double>()});
+  EXPECT_TRUE(at::equal(run(largest + 1.0), plain));
+
+  // A clip below many activations (the normed q and k are ~1, v ~4): the output changes, and is
+  // transformers' order (clamp after the norms, before RoPE).
+  const double clip = 0.5;
+  ASSERT_GT((q_flat.abs() > clip).sum().item<int64_t>(), 0);
+  ASSERT_GT((k_flat.abs() > clip).sum().item<int64_t>(), 0);
+  ASSERT_GT((v_flat.abs() > clip).sum().item<int64_t>(), 0);
+  const auto clipped = run(clip);
+  EXPECT_GT((clipped - plain).abs().max().item<double>(), 1e-3);
+  const auto expect = reference(clip);
+  EXPECT_TRUE(at::allclose(clipped, expect, 1e-5, 1e-5)) << (clipped - expect).abs().max();
+
+  o.clip_qkv = 0.0;
+  EXPECT_THROW(moeq::runtime::Attention("Attn", "attn", o, rotary), moeq::Error);
 }
 
 // ---- weight sources -----------------------------------------------------------------------------

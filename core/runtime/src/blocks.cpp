@@ -578,6 +578,8 @@ Attention::Attention(std::string type,
   if (o.sinks) {
     sinks_ = &add_parameter("sinks", {o.num_heads});
   }
+  MOEQ_CHECK(!o.clip_qkv || *o.clip_qkv > 0, "{}: clip_qkv must be positive, got {}", this->name(),
+             o.clip_qkv.value_or(0.0));
 }
 
 namespace {
@@ -596,7 +598,7 @@ at::Tensor Attention::forward(const at::Tensor& hidden, ForwardContext& ctx) {
   const auto b = hidden.size(0), s = hidden.size(1);
   auto q = q_proj_->forward(hidden);
   auto k = k_proj_->forward(hidden);
-  auto v = v_proj_->forward(hidden).view({b, s, -1, o.head_dim}).transpose(1, 2);
+  auto v = v_proj_->forward(hidden);
   if (q_norm_ != nullptr) {
     // A per-head norm sees [B, S, heads, head_dim]; a full-width one [B, S, heads * head_dim].
     const auto heads = [&](const at::Tensor& x) { return x.view({b, s, -1, o.head_dim}); };
@@ -604,8 +606,14 @@ at::Tensor Attention::forward(const at::Tensor& hidden, ForwardContext& ctx) {
     q = q_norm_->forward(per_head ? heads(q) : q);
     k = k_norm_->forward(per_head ? heads(k) : k);
   }
+  if (o.clip_qkv) {  // OLMoE: after the norms, before the heads split and RoPE
+    q = q.clamp(-*o.clip_qkv, *o.clip_qkv);
+    k = k.clamp(-*o.clip_qkv, *o.clip_qkv);
+    v = v.clamp(-*o.clip_qkv, *o.clip_qkv);
+  }
   q = q.view({b, s, -1, o.head_dim}).transpose(1, 2);
   k = k.view({b, s, -1, o.head_dim}).transpose(1, 2);
+  v = v.view({b, s, -1, o.head_dim}).transpose(1, 2);
   const auto& [cos, sin] = ctx.rope(*rotary_);
   q = RotaryEmbedding::apply(q, cos, sin);
   k = RotaryEmbedding::apply(k, cos, sin);

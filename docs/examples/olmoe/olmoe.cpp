@@ -2,9 +2,9 @@
 // from the installed moeq SDK. What differs from the runtime's stock blocks, per transformers
 // 5.17's modeling_olmoe.py:
 // - attention: q_norm / k_norm are RMSNorms over the whole q and k projections (weights
-//   [hidden_size] and [kv_heads * head_dim]), applied before the heads are split (the runtime's
-//   Attention has that too: QkNormScope::kFullWidth), then optional clip_qkv clamps q, k and v,
-//   which the runtime's Attention has not: so an attention of its own, from runtime Linears;
+//   [hidden_size] and [kv_heads * head_dim]), applied before the heads are split, then optional
+//   clip_qkv clamps q, k and v: the runtime's Attention with QkNormScope::kFullWidth and
+//   AttentionOptions::clip_qkv;
 // - routing: softmax over the router logits in fp32, top-k, renormalised only with
 //   norm_topk_prob (false for the published model), weights cast to the compute dtype: exactly
 //   the runtime's SoftmaxTopKRouter;
@@ -16,97 +16,13 @@
 #include <moeq/registry/plugin.h>
 #include <moeq/runtime/model_config.h>
 
-#include <ATen/ATen.h>
 #include <fmt/format.h>
-
-#include <cmath>
-#include <optional>
 
 namespace {
 
 using namespace moeq::runtime;  // NOLINT(google-build-using-namespace)
 
 constexpr const char* kArchitecture = "OlmoeForCausalLM";
-
-struct OlmoeAttentionOptions {
-  int64_t hidden_size = 0;
-  int64_t num_heads = 0;
-  int64_t num_kv_heads = 0;
-  int64_t head_dim = 0;
-  bool bias = false;               // attention_bias: q, k, v and o
-  std::optional<double> clip_qkv;  // clamp q, k, v to [-clip, clip] after the norms
-  double eps = 1e-5;
-};
-
-// transformers' OlmoeAttention with eager attention. Every projection is a runtime Linear, so the
-// layer session quantizes and observes them like any other.
-class OlmoeAttention final : public SelfAttention {
- public:
-  OlmoeAttention(std::string name,
-                 const OlmoeAttentionOptions& o,
-                 std::shared_ptr<const RotaryEmbedding> rotary)
-      : SelfAttention("OlmoeAttention", std::move(name)), options_(o), rotary_(std::move(rotary)) {
-    MOEQ_CHECK(o.num_heads > 0 && o.num_kv_heads > 0 && o.num_heads % o.num_kv_heads == 0,
-               "{}: num_attention_heads {} must be a positive multiple of num_key_value_heads {}",
-               this->name(), o.num_heads, o.num_kv_heads);
-    const auto q_width = o.num_heads * o.head_dim;
-    const auto kv_width = o.num_kv_heads * o.head_dim;
-    q_ = add_child(std::make_unique<Linear>(child_name("q_proj"), o.hidden_size, q_width, o.bias,
-                                            ProjKind::kQ));
-    k_ = add_child(std::make_unique<Linear>(child_name("k_proj"), o.hidden_size, kv_width, o.bias,
-                                            ProjKind::kK));
-    v_ = add_child(std::make_unique<Linear>(child_name("v_proj"), o.hidden_size, kv_width, o.bias,
-                                            ProjKind::kV));
-    o_ = add_child(std::make_unique<Linear>(child_name("o_proj"), q_width, o.hidden_size, o.bias,
-                                            ProjKind::kO));
-    // Full-width norms: one weight per channel of the projection, not per head_dim.
-    q_norm_ =
-        add_child(std::make_unique<RMSNorm>("OlmoeRMSNorm", child_name("q_norm"), q_width, o.eps));
-    k_norm_ =
-        add_child(std::make_unique<RMSNorm>("OlmoeRMSNorm", child_name("k_norm"), kv_width, o.eps));
-  }
-
-  at::Tensor forward(const at::Tensor& hidden, ForwardContext& ctx) override {
-    const auto& o = options_;
-    const auto b = hidden.size(0), s = hidden.size(1);
-    auto q = q_norm_->forward(q_->forward(hidden));
-    auto k = k_norm_->forward(k_->forward(hidden));
-    auto v = v_->forward(hidden);
-    if (o.clip_qkv) {
-      q = q.clamp(-*o.clip_qkv, *o.clip_qkv);
-      k = k.clamp(-*o.clip_qkv, *o.clip_qkv);
-      v = v.clamp(-*o.clip_qkv, *o.clip_qkv);
-    }
-    q = q.view({b, s, -1, o.head_dim}).transpose(1, 2);
-    k = k.view({b, s, -1, o.head_dim}).transpose(1, 2);
-    v = v.view({b, s, -1, o.head_dim}).transpose(1, 2);
-    const auto& [cos, sin] = ctx.rope(*rotary_);
-    q = RotaryEmbedding::apply(q, cos, sin);
-    k = RotaryEmbedding::apply(k, cos, sin);
-    const auto n_rep = o.num_heads / o.num_kv_heads;
-    if (n_rep > 1) {  // repeat_kv
-      const auto kv = k.size(1);
-      k = k.unsqueeze(2).expand({b, kv, n_rep, s, o.head_dim}).reshape({b, kv * n_rep, s, -1});
-      v = v.unsqueeze(2).expand({b, kv, n_rep, s, o.head_dim}).reshape({b, kv * n_rep, s, -1});
-    }
-    // eager_attention_forward: scores + the additive causal/padding mask, softmax in fp32.
-    const double scaling = 1.0 / std::sqrt(static_cast<double>(o.head_dim));
-    auto scores = at::matmul(q, k.transpose(2, 3)) * scaling + ctx.additive_mask(0);
-    auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-    auto out = at::matmul(probs, v).transpose(1, 2).contiguous().reshape({b, s, -1});
-    return o_->forward(out);
-  }
-
- private:
-  OlmoeAttentionOptions options_;
-  std::shared_ptr<const RotaryEmbedding> rotary_;
-  Linear* q_ = nullptr;
-  Linear* k_ = nullptr;
-  Linear* v_ = nullptr;
-  Linear* o_ = nullptr;
-  RMSNorm* q_norm_ = nullptr;
-  RMSNorm* k_norm_ = nullptr;
-};
 
 // Builds the model from config.json alone; weights are read later, layer by layer, under the
 // names given here (model.layers.{i}.self_attn.q_proj.weight ...).
@@ -138,16 +54,22 @@ std::unique_ptr<CausalLM> build_olmoe(const moeq::io::HfConfig& config,
       model_config::rope_options(config, head_dim, /*default_theta=*/10000.0));
   model->set_rotary(rotary);
 
-  OlmoeAttentionOptions attention;
+  // OlmoeAttention is the runtime's Attention: attention_bias on all four projections,
+  // full-width q/k norms with rms_norm_eps, then clip_qkv.
+  AttentionOptions attention;
   attention.hidden_size = hidden;
   attention.num_heads = heads;
   attention.num_kv_heads = config.get_or<int64_t>("num_key_value_heads", heads);
   attention.head_dim = head_dim;
-  attention.bias = config.get_or("attention_bias", false);
+  attention.qkv_bias = config.get_or("attention_bias", false);
+  attention.o_bias = attention.qkv_bias;
+  attention.qk_norm = true;
+  attention.qk_norm_scope = QkNormScope::kFullWidth;
+  attention.qk_norm_type = "OlmoeRMSNorm";
+  attention.qk_norm_eps = eps;
   if (config.contains("clip_qkv")) {  // null in the published config: absent
     attention.clip_qkv = config.get<double>("clip_qkv");
   }
-  attention.eps = eps;
 
   // OlmoeTopKRouter is the runtime's softmax router with Qwen's dtype rule.
   const auto num_experts = config.get_first<int64_t>({"num_experts", "num_local_experts"});
@@ -169,7 +91,7 @@ std::unique_ptr<CausalLM> build_olmoe(const moeq::io::HfConfig& config,
     layer->set_input_layernorm(
         std::make_unique<RMSNorm>("OlmoeRMSNorm", prefix + ".input_layernorm", hidden, eps));
     layer->set_attention(
-        std::make_unique<OlmoeAttention>(prefix + ".self_attn", attention, rotary));
+        std::make_unique<Attention>("OlmoeAttention", prefix + ".self_attn", attention, rotary));
     layer->set_post_attention_layernorm(std::make_unique<RMSNorm>(
         "OlmoeRMSNorm", prefix + ".post_attention_layernorm", hidden, eps));
     const auto mlp = prefix + ".mlp";

@@ -6,8 +6,8 @@
 // Extension points for the models that come later:
 // - RopeType (YaRN, dynamic NTK) and RopeOptions: new variants compute their inverse frequencies
 //   and attention scaling in RotaryEmbedding's constructor.
-// - AttentionOptions (sinks and per-layer windows for GPT-OSS); SelfAttention is the interface a
-//   different attention (MLA for DeepSeek-V3) implements.
+// - AttentionOptions (sinks and per-layer windows for GPT-OSS, clip_qkv for OLMoE);
+//   SelfAttention is the interface a different attention (MLA for DeepSeek-V3) implements.
 // - Router is an interface: grouped top-k with a score-correction bias (DeepSeek-V3) and sigmoid
 //   routing are further implementations. RouterOutput is what every router produces.
 // - Experts is an interface: per-expert 2-D MLPs (PerExpertMlps) now, fused 3-D experts run with
@@ -210,6 +210,9 @@ struct AttentionOptions {
   QkNormScope qk_norm_scope = QkNormScope::kPerHead;
   std::string qk_norm_type = "RMSNorm";
   double qk_norm_eps = 1e-6;
+  // OLMoE: q, k and v are clamped to [-clip_qkv, clip_qkv] after the q/k norms, before the heads
+  // are split and RoPE; unset: no clamp.
+  std::optional<double> clip_qkv;
   // Keys further than this many positions back are masked; 0: full attention.
   int64_t sliding_window = 0;
   // Softmax scale; unset: head_dim^-0.5.
