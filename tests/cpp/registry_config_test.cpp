@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "io_test_util.h"
 #include "moeq/registry/config.h"
 
 namespace {
@@ -222,7 +223,7 @@ TEST(RecipeConfigTest, FilesOnDisk) {
   }
   std::ofstream(file) << "model:\n  path: ckpt\n";
   EXPECT_EQ(moeq::load_recipe(file).model->path, dir / "ckpt");
-  fs::remove_all(dir);
+  moeq::io::testing::remove_tree(dir);
   try {
     moeq::load_recipe(file);
     FAIL();

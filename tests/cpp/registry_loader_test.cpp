@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "io_test_util.h"
 #include "moeq/registry/config.h"
 #include "moeq/registry/plugin_abi.h"
 #include "moeq/registry/plugin_manager.h"
@@ -251,7 +252,7 @@ TEST_F(PluginLoaderTest, PluginNameClash) {
         "plugin file '" + copy.string() +
             "' was found by the name 'good_copy' but declares the name 'good'");
   }
-  fs::remove_all(dir);
+  moeq::io::testing::remove_tree(dir);
 }
 
 TEST_F(PluginLoaderTest, RegistrationsGoWithTheManager) {
