@@ -396,35 +396,72 @@ void LayerSession::finish_calibration(const std::function<void(QuantTarget&)>& q
     }
     return t.fused->slice(read_once(stack), *t.slice);
   };
-  for (auto& t : targets_) {
+  const bool tensor_group =
+      rules_.scheme.weights->resolved_strategy() == quant::Strategy::kTensorGroup;
+  // A weight's block statistics are two float32 per group: for NVFP4 a quarter of its bf16
+  // bytes, 5 GiB over a DeepSeek-V3 layer's experts. Lean sessions hold them for one target at a
+  // time: weights are observed memorylessly, so observing again when quantizing gives the same
+  // statistics. Only NVFP4's shared global scales need a pass over every weight first.
+  std::vector<at::Tensor> own_global_amax(targets_.size());
+  for (size_t i = 0; i < targets_.size(); ++i) {
+    auto& t = targets_[i];
+    if (lean && !tensor_group) {
+      continue;  // observed when quantized
+    }
     t.source_weight = stored_weight(t);
     t.weight->observe(t.source_weight);
-    if (lean) {
+    if (lean && t.weight->has_observer()) {
+      own_global_amax[i] = t.weight->global_amax();
+      t.weight->observer().reset();
       t.source_weight = at::Tensor();  // read again when quantized: one target at a time
     }
   }
   // Projections the engines fuse share an NVFP4 global scale: gate and up of each expert (and of
   // each dense or shared MLP), q, k and v of the attention.
-  if (rules_.scheme.weights->resolved_strategy() == quant::Strategy::kTensorGroup) {
-    std::map<std::pair<std::string, int64_t>, std::vector<quant::TensorQuantizer*>> fused;
-    for (auto& t : targets_) {
+  std::vector<at::Tensor> shared_global_amax(targets_.size());
+  if (tensor_group) {
+    std::map<std::pair<std::string, int64_t>, std::vector<size_t>> fused;
+    for (size_t i = 0; i < targets_.size(); ++i) {
+      const auto& t = targets_[i];
       const auto parent = t.module.substr(0, t.module.rfind('.'));
       if (t.kind == ProjKind::kGate || t.kind == ProjKind::kUp) {
-        fused[{parent + "#mlp", t.expert}].push_back(t.weight.get());
+        fused[{parent + "#mlp", t.expert}].push_back(i);
       } else if (t.kind == ProjKind::kQ || t.kind == ProjKind::kK || t.kind == ProjKind::kV) {
-        fused[{parent + "#qkv", t.expert}].push_back(t.weight.get());
+        fused[{parent + "#qkv", t.expert}].push_back(i);
       }
     }
     for (auto& [key, group] : fused) {
-      if (group.size() > 1) {
-        quant::fuse_global_scale(group);
+      if (group.size() < 2) {
+        continue;
+      }
+      if (!lean) {
+        std::vector<quant::TensorQuantizer*> quantizers;
+        for (size_t i : group) {
+          quantizers.push_back(targets_[i].weight.get());
+        }
+        quant::fuse_global_scale(quantizers);
+        continue;
+      }
+      at::Tensor amax;
+      for (size_t i : group) {
+        amax = amax.defined() ? at::maximum(amax, own_global_amax[i]) : own_global_amax[i];
+      }
+      for (size_t i : group) {
+        shared_global_amax[i] = amax;
       }
     }
   }
-  for (auto& t : targets_) {
+  for (size_t i = 0; i < targets_.size(); ++i) {
+    auto& t = targets_[i];
     auto& param = t.linear != nullptr ? t.linear->weight() : *t.slice->stack;
     if (!t.source_weight.defined()) {
       t.source_weight = stored_weight(t);
+    }
+    if (lean) {
+      t.weight->observe(t.source_weight);
+      if (shared_global_amax[i].defined()) {
+        t.weight->share_global_amax(shared_global_amax[i]);
+      }
     }
     const auto fake = t.weight->fake_quantize(t.source_weight);
     t.weight_error = detail::relative_rms(fake, t.source_weight);
@@ -434,6 +471,9 @@ void LayerSession::finish_calibration(const std::function<void(QuantTarget&)>& q
     }
     quantized(t);
     t.source_weight = at::Tensor();
+    if (t.weight->has_observer()) {
+      t.weight->observer().reset();  // exported: its statistics are no longer needed
+    }
     if (in_place && !param.value.is_cpu()) {
       // The stored values were read (exported) above; the slot now holds the quantized ones.
       if (t.linear != nullptr) {
