@@ -158,7 +158,8 @@ std::unique_ptr<CausalLM> build_deepseek_v3(const moeq::io::HfConfig& config,
   lm.tie_word_embeddings = config.get_or("tie_word_embeddings", false);
   lm.norm_type = "DeepseekV3RMSNorm";
   auto model = std::make_unique<CausalLM>(
-      "DeepseekV3ForCausalLM", lm, dequantize_fp8_blocks(std::move(weights), config), options);
+      "DeepseekV3ForCausalLM", lm,
+      dequantize_fp8_blocks(std::move(weights), config, options.placement.device), options);
   // The MTP layer(s) after the last decoder layer are not run: excluded, copied through.
   const auto mtp = config.get_or<int64_t>("num_nextn_predict_layers", 0);
   for (int64_t i = 0; i < mtp; ++i) {

@@ -84,7 +84,8 @@ std::unique_ptr<CausalLM> build_minimax_m2(const moeq::io::HfConfig& config,
   lm.tie_word_embeddings = config.get_or("tie_word_embeddings", false);
   lm.norm_type = "MiniMaxM2RMSNorm";
   auto model = std::make_unique<CausalLM>(
-      kArchitecture, lm, dequantize_fp8_blocks(std::move(weights), config), options);
+      kArchitecture, lm,
+      dequantize_fp8_blocks(std::move(weights), config, options.placement.device), options);
 
   auto rope = model_config::rope_options(config, head_dim, /*default_theta=*/5000000.0);
   rope.partial_rotary_factor = partial_rotary_factor(config, head_dim);

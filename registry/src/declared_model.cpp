@@ -1207,7 +1207,8 @@ std::unique_ptr<runtime::CausalLM> build_declared(const DeclaredModel& m,
           fmt::format("{} must be [rows, cols] of positive integers, got [{}]",
                       source_of(m.weight_block_size, config), fmt::join(block, ", ")));
     }
-    weights = runtime::dequantize_fp8_blocks(std::move(weights), block[0], block[1]);
+    weights = runtime::dequantize_fp8_blocks(std::move(weights), block[0], block[1],
+                                             options.placement.device);
   }
   auto model = std::make_unique<CausalLM>(m.architecture, lm, std::move(weights), options);
   const auto excluded = resolve<int64_t>(m.excluded_layers, config);

@@ -131,7 +131,8 @@ std::string DerivedSource::describe() const {
 
 std::shared_ptr<WeightSource> dequantize_fp8_blocks(std::shared_ptr<WeightSource> source,
                                                     int64_t block_rows,
-                                                    int64_t block_cols) {
+                                                    int64_t block_cols,
+                                                    c10::Device device) {
   MOEQ_CHECK(source != nullptr, "dequantize_fp8_blocks: null source");
   MOEQ_CHECK(block_rows > 0 && block_cols > 0,
              "{}: FP8 weight block must be positive [rows, cols], got [{}, {}]", source->describe(),
@@ -145,8 +146,9 @@ std::shared_ptr<WeightSource> dequantize_fp8_blocks(std::shared_ptr<WeightSource
     const auto weight = name.substr(0, name.size() - kScale.size());
     MOEQ_CHECK(source->has(weight), "{}: '{}' has no weight '{}' beside it", source->describe(),
                name, weight);
-    rules.push_back({weight, {weight, name}, [block_rows, block_cols](const auto& in) {
-                       return kernels::dequantize_fp8_block_source(in[0], in[1], at::kBFloat16,
+    rules.push_back({weight, {weight, name}, [block_rows, block_cols, device](const auto& in) {
+                       return kernels::dequantize_fp8_block_source(in[0].to(device),
+                                                                   in[1].to(device), at::kBFloat16,
                                                                    block_rows, block_cols);
                      }});
   }
@@ -159,12 +161,13 @@ std::shared_ptr<WeightSource> dequantize_fp8_blocks(std::shared_ptr<WeightSource
 }
 
 std::shared_ptr<WeightSource> dequantize_fp8_blocks(std::shared_ptr<WeightSource> source,
-                                                    const io::HfConfig& config) {
+                                                    const io::HfConfig& config,
+                                                    c10::Device device) {
   constexpr const char* kKey = "quantization_config.weight_block_size";
   auto block = config.find<std::vector<int64_t>>(kKey).value_or(std::vector<int64_t>{128, 128});
   MOEQ_CHECK(block.size() == 2, "config '{}': {} must be [rows, cols], got {} values",
              config.source(), kKey, block.size());
-  return dequantize_fp8_blocks(std::move(source), block[0], block[1]);
+  return dequantize_fp8_blocks(std::move(source), block[0], block[1], device);
 }
 
 // ---- module -------------------------------------------------------------------------------------

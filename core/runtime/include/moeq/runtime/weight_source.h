@@ -102,12 +102,17 @@ class DerivedSource final : public WeightSource {
 // as FP8 E4M3 with a float32 `<m>.weight_scale_inv` per block_rows x block_cols block is read as
 // bf16, w = float(q) * scale_inv (transformers' FP8 dequantization). Only tensors with a
 // `_scale_inv` beside them are derived; a source with none (a bf16 checkpoint) is returned as is.
+// The FP8 codes and scales are moved to `device` and dequantized there (pass the model's compute
+// device): a GPU run copies half the bytes and leaves the host's cores free, and the CUDA kernel
+// equals the CPU reference bit for bit.
 std::shared_ptr<WeightSource> dequantize_fp8_blocks(std::shared_ptr<WeightSource> source,
                                                     int64_t block_rows,
-                                                    int64_t block_cols);
+                                                    int64_t block_cols,
+                                                    c10::Device device = c10::kCPU);
 // As above with the block from config.json's quantization_config.weight_block_size ([rows, cols]),
 // 128x128 when the config has none.
 std::shared_ptr<WeightSource> dequantize_fp8_blocks(std::shared_ptr<WeightSource> source,
-                                                    const io::HfConfig& config);
+                                                    const io::HfConfig& config,
+                                                    c10::Device device = c10::kCPU);
 
 }  // namespace moeq::runtime
