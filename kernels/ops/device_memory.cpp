@@ -2,6 +2,7 @@
 
 #ifdef MOEQ_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 #endif
 
 namespace moeq::kernels {
@@ -38,12 +39,19 @@ void reset_device_memory_peak(c10::Device device) {
   }
 }
 
+void synchronize_device(c10::Device device) {
+  if (has_stats(device)) {
+    c10::cuda::device_synchronize();
+  }
+}
+
 #else
 
 std::optional<DeviceMemory> device_memory(c10::Device /*device*/) {
   return std::nullopt;
 }
 void reset_device_memory_peak(c10::Device /*device*/) {}
+void synchronize_device(c10::Device /*device*/) {}
 
 #endif
 

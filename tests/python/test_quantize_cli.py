@@ -256,7 +256,7 @@ def test_existing_output_is_kept_without_overwrite(models, tmp_path):
 def test_report_gives_each_layers_weight_bytes(models, tmp_path, dtype, factor):
     """report.json's weight_bytes is what the layer holds once loaded, in the compute dtype (the
     stored bf16 tensors, twice that in fp32; the router's fp32 copy is counted as held); on the
-    CPU no GPU peak is measured."""
+    CPU no GPU peak is measured. Each layer's time comes split into its phases."""
     out = tmp_path / "out"
     _quantize(models["mixtral"], out, "--scheme", "W4A16", "--dtype", dtype, "--no-eval")
     report = json.load(open(f"{out}.report/report.json"))
@@ -271,3 +271,9 @@ def test_report_gives_each_layers_weight_bytes(models, tmp_path, dtype, factor):
         assert factor * layer_bytes <= held <= factor * layer_bytes + 2 * router.numel() * 2, \
             (layer["index"], held, layer_bytes)
         assert layer["peak_device_bytes"] == 0 and layer["peak_device_reserved_bytes"] == 0
+        # Where the layer's time went: four consecutive phases, each timed, within the total.
+        phases = layer["phase_seconds"]
+        assert set(phases) == {"load", "calibrate", "quantize", "forward"}
+        assert all(v > 0 for v in phases.values()), phases
+        assert sum(phases.values()) <= layer["seconds"] + 1e-6, (phases, layer["seconds"])
+        assert sum(phases.values()) > 0.9 * layer["seconds"], (phases, layer["seconds"])

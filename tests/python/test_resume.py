@@ -64,6 +64,7 @@ def _report(output):
     for layer in report["layers"]:
         layer.pop("seconds", None)
         layer.pop("tokens_per_second", None)
+        layer.pop("phase_seconds", None)
     for key in ("seconds", "peak_host_bytes", "peak_device_bytes", "run"):
         report.pop(key, None)
     return report

@@ -28,7 +28,8 @@ python3 - /tmp/deepseek_q.report/report.json <<'PY' | tee -a "$out/deepseek_memo
 import json, sys
 report = json.load(open(sys.argv[1]))
 for layer in report["layers"]:
-    print(f"layer {layer['index']}: {layer['seconds']:.1f} s, peak GPU in tensors "
+    phases = ", ".join(f"{k} {v:.1f}" for k, v in layer["phase_seconds"].items())
+    print(f"layer {layer['index']}: {layer['seconds']:.1f} s ({phases}), peak GPU in tensors "
           f"{layer['peak_device_bytes'] / 2**30:.2f} GiB, allocator reserved "
           f"{layer['peak_device_reserved_bytes'] / 2**30:.2f} GiB")
 print(f"run: {report['run']['seconds']:.1f} s, peak GPU in tensors "

@@ -406,16 +406,22 @@ int run_quantize(const QuantizeFlags& flags) {
   const char* kill_after = std::getenv("MOEQ_TEST_KILL_AFTER_LAYER");
   progress.layer_end = [&](const pipeline::LayerResult& layer) {
     bar->finish();
+    const auto& t = layer.phases;
+    const std::string timing =
+        fmt::format("{:.1f} s (load {:.1f}, calibrate {:.1f}, quantize {:.1f}, forward {:.1f})",
+                    layer.seconds, t.load, t.calibrate, t.quantize, t.forward);
     if (layer.peak_device_bytes > 0) {  // on a GPU: what the layer took, as it goes
       const double gib = 1 << 30;
       fmt::print(stderr,
-                 "  layer {}: peak GPU memory in tensors {:.2f} GiB, {:.2f}x its {:.2f} GiB of "
-                 "weights (allocator {:.2f} GiB)\n",
-                 layer.index, static_cast<double>(layer.peak_device_bytes) / gib,
+                 "  layer {}: {}; peak GPU memory in tensors {:.2f} GiB, {:.2f}x its {:.2f} GiB "
+                 "of weights (allocator {:.2f} GiB)\n",
+                 layer.index, timing, static_cast<double>(layer.peak_device_bytes) / gib,
                  static_cast<double>(layer.peak_device_bytes) /
                      static_cast<double>(std::max<int64_t>(layer.weight_bytes, 1)),
                  static_cast<double>(layer.weight_bytes) / gib,
                  static_cast<double>(layer.peak_device_reserved_bytes) / gib);
+    } else {
+      logger().debug("layer {}: {}", layer.index, timing);
     }
     if (kill_after != nullptr && layer.index == std::atoll(kill_after)) {
       std::raise(SIGKILL);

@@ -18,7 +18,8 @@ namespace fs = std::filesystem;
 using Json = nlohmann::ordered_json;
 
 constexpr const char* kJournalFile = "journal.json";
-constexpr int kJournalVersion = 3;  // 2: layers carry their routing agreement; 3: GPU peaks
+// 2: layers carry their routing agreement; 3: GPU peaks; 4: phase times
+constexpr int kJournalVersion = 4;
 
 // FNV-1a, 64 bits: a stable digest of token ids and files (not a security property).
 class Digest {
@@ -75,6 +76,18 @@ std::string source_digest(const fs::path& model_dir) {
     digest.add(fmt::format("{}:{};", name, size));
   }
   return digest.hex();
+}
+
+Json phases_to_json(const LayerPhases& p) {
+  return {{"load", p.load},
+          {"calibrate", p.calibrate},
+          {"quantize", p.quantize},
+          {"forward", p.forward}};
+}
+
+LayerPhases phases_from_json(const Json& j) {
+  return {j.at("load").get<double>(), j.at("calibrate").get<double>(),
+          j.at("quantize").get<double>(), j.at("forward").get<double>()};
 }
 
 Json coverage_to_json(const ExpertCoverage& c) {
@@ -137,6 +150,7 @@ Json layer_to_json(const LayerResult& layer) {
   return {{"index", layer.index},
           {"skipped", layer.skipped},
           {"seconds", layer.seconds},
+          {"phase_seconds", phases_to_json(layer.phases)},
           {"tokens", layer.tokens},
           {"peak_device_bytes", layer.peak_device_bytes},
           {"peak_device_reserved_bytes", layer.peak_device_reserved_bytes},
@@ -153,6 +167,7 @@ LayerResult layer_from_json(const Json& j) {
   layer.index = j.at("index").get<int64_t>();
   layer.skipped = j.at("skipped").get<bool>();
   layer.seconds = j.at("seconds").get<double>();
+  layer.phases = phases_from_json(j.at("phase_seconds"));
   layer.tokens = j.at("tokens").get<int64_t>();
   layer.peak_device_bytes = j.at("peak_device_bytes").get<int64_t>();
   layer.peak_device_reserved_bytes = j.at("peak_device_reserved_bytes").get<int64_t>();

@@ -33,6 +33,24 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// Times consecutive phases of a layer: lap() waits for the device's queued work and returns the
+// seconds since the previous lap.
+class PhaseClock {
+ public:
+  explicit PhaseClock(c10::Device device) : device_(device), last_(Clock::now()) {}
+  double lap() {
+    kernels::synchronize_device(device_);
+    const auto now = Clock::now();
+    const double seconds = std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+    return seconds;
+  }
+
+ private:
+  c10::Device device_;
+  Clock::time_point last_;
+};
+
 // Activations between layers: on the compute device, or parked on the host.
 struct Stream {
   std::vector<at::Tensor> hidden;
@@ -226,10 +244,12 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
   // A layer the stages skip: run in its original precision on every stream, nothing quantized.
   const auto run_skipped_layer = [&](int64_t i) {
     const auto layer_start = Clock::now();
+    PhaseClock clock(device);
     between_layers_peak = std::max(between_layers_peak, close_memory_window().first);
     auto& layer = model->layer(i);
     model->load(layer);
     const int64_t weight_bytes = layer.resident_bytes();
+    const double load_seconds = clock.lap();
     if (progress.layer_begin) {
       progress.layer_begin(i, num_layers, static_cast<int64_t>(calib.hidden.size()));
     }
@@ -237,6 +257,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
     lr.index = i;
     lr.weight_bytes = weight_bytes;
     lr.skipped = true;
+    lr.phases.load = load_seconds;
     int64_t tokens = 0;
     for (size_t b = 0; b < calib.hidden.size(); ++b) {
       calib.hidden[b] = park(layer.forward(unpark(calib.hidden[b]), calib.contexts[b]));
@@ -260,6 +281,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
     if (evaluate) {
       lr.routing = detail::compare_routing(ref_routes, ref_routes, carried_routes, keep_routes_);
     }
+    lr.phases.forward = clock.lap();
     lr.seconds = seconds_since(layer_start);
     measure_layer(lr);
     model->release(layer);
@@ -271,12 +293,15 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       continue;
     }
     const auto layer_start = Clock::now();
+    PhaseClock clock(device);
     between_layers_peak = std::max(between_layers_peak, close_memory_window().first);
     auto& layer = model->layer(i);
     model->load(layer);
     const int64_t weight_bytes = layer.resident_bytes();
     LayerSession session(layer, weights, options_.rules, options_.calibration);
     session.attach_adapters(adapters);
+    LayerPhases phases;
+    phases.load = clock.lap();
     if (progress.layer_begin) {
       progress.layer_begin(i, num_layers, static_cast<int64_t>(calib.hidden.size()));
     }
@@ -294,6 +319,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       }
     }
     session.detach_all();
+    phases.calibrate = clock.lap();
     // 2. The original evaluation stream, while the layer still holds its original weights; its
     // inputs are kept for the quantized layer's own routing (step 4).
     detail::RoutingCapture ref_routes(layer);
@@ -311,6 +337,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
     LayerResult lr;
     lr.index = i;
     lr.weight_bytes = weight_bytes;
+    phases.forward = clock.lap();
     std::map<std::pair<std::string, int64_t>, bool> fallback;
     for (const auto& cov : session.coverage()) {
       for (int64_t e = 0; e < cov.num_experts(); ++e) {
@@ -346,6 +373,7 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
           lr.projections.push_back(std::move(pr));
         },
         /*in_place=*/true);
+    phases.quantize = clock.lap();
     // 4. The quantized layer on the same inputs: its output error, and the next layer's inputs.
     {
       fn::FunctionalOverride quantized(session.quantized_handlers());
@@ -394,6 +422,8 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       lr.routing = detail::compare_routing(ref_routes, own_routes, carried_routes, keep_routes_);
     }
     lr.coverage = session.coverage();
+    phases.forward += clock.lap();
+    lr.phases = phases;
     lr.seconds = seconds_since(layer_start);
     measure_layer(lr);
     model->release(layer);

@@ -22,4 +22,8 @@ std::optional<DeviceMemory> device_memory(c10::Device device);
 // Starts a new peak window; does nothing where device_memory gives nullopt.
 void reset_device_memory_peak(c10::Device device);
 
+// Waits for the device's queued work (CUDA kernels run asynchronously), so that a phase timed
+// on the host includes it; nothing on a CPU device.
+void synchronize_device(c10::Device device);
+
 }  // namespace moeq::kernels

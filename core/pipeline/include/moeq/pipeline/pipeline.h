@@ -106,10 +106,22 @@ struct RoutingResult {
   std::optional<Routes> reference_routes, own_routes, carried_routes;
 };
 
+// Where a layer's time went (seconds, the device synchronised at each boundary): loading its
+// weights (read, dequantized from the source format, placed), calibrating (the original layer's
+// forward under the observers), quantizing (scales, fake weights, export of each projection), and
+// forwarding (the original evaluation stream, the quantized layer's reruns, the comparisons).
+struct LayerPhases {
+  double load = 0.0;
+  double calibrate = 0.0;
+  double quantize = 0.0;
+  double forward = 0.0;
+};
+
 struct LayerResult {
   int64_t index = 0;
   bool skipped = false;  // the stages skipped it: run in its original precision only
   double seconds = 0.0;
+  LayerPhases phases;
   int64_t tokens = 0;
   // The GPU's caching allocator during the layer (load to release), 0 on the CPU: the most bytes
   // in live tensors, and the most the allocator held (its cache included).
