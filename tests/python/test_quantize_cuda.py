@@ -70,8 +70,14 @@ def test_quantized_forward_on_gpu_runs_the_fake_weights(model, tmp_path):
              "4", "--eval-seq-len", "16", "--save-eval-logits")
         logits[device] = load_file(str(out) + ".report/eval_logits.safetensors")
     cpu, gpu = logits["cpu"], logits["cuda"]
-    quantization_effect = (cpu["logits_quantized"] - cpu["logits_reference"]).abs().max()
-    device_difference = (gpu["logits_quantized"] - cpu["logits_quantized"]).abs().max()
+    # bf16 matmuls accumulate differently on the two devices, and a few logits of a tiny random
+    # model differ by a tenth: compare means, where that noise averages out and running the
+    # original weights instead of the fake ones would show as the whole quantization effect.
+    quantization_effect = (gpu["logits_quantized"] - gpu["logits_reference"]).abs().mean()
+    device_difference = (gpu["logits_quantized"] - cpu["logits_quantized"]).abs().mean()
+    print(f"mean |gpu - cpu| quantized logits {device_difference:.4f}, mean quantization effect "
+          f"{quantization_effect:.4f}, max |gpu - cpu| "
+          f"{(gpu['logits_quantized'] - cpu['logits_quantized']).abs().max():.4f}")
     assert quantization_effect > 0
     assert device_difference < 0.25 * quantization_effect, (device_difference,
                                                             quantization_effect)
