@@ -132,6 +132,39 @@ TEST(SafetensorsReaderTest, ViewsAreZeroCopyAndKeepTheMappingAlive) {
   EXPECT_FALSE(is_mapped(path));
 }
 
+int64_t resident_kb() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) {
+      return std::stoll(line.substr(6));
+    }
+  }
+  return -1;
+}
+
+TEST(SafetensorsReaderTest, DroppedPagesLeaveTheResidentSetAndViewsStayValid) {
+  ScratchDir dir;
+  constexpr int64_t kFloats = 16 << 20;  // 64 MiB
+  const at::Tensor weight = at::arange(kFloats, at::kFloat);
+  save_safetensors(dir.path(), {{"w", weight}, {"b", at::ones({8})}});
+  const SafetensorsCheckpoint checkpoint(dir.path());
+  const at::Tensor view = checkpoint.tensor("w");
+  const int64_t before_kb = resident_kb();
+  EXPECT_TRUE(at::equal(view, weight));  // touches every page of the mapping
+  const int64_t touched_kb = resident_kb();
+  EXPECT_GE(touched_kb - before_kb, 56 << 10) << "reading the view should map its pages";
+  checkpoint.file_of("w").drop_pages("w");
+  const int64_t dropped_kb = resident_kb();
+  EXPECT_LE(dropped_kb, touched_kb - (56 << 10))
+      << "before " << before_kb << " kB, touched " << touched_kb << " kB";
+  // The view still reads the file's values (from the page cache).
+  EXPECT_TRUE(at::equal(view, weight));
+  EXPECT_TRUE(at::equal(checkpoint.tensor("b"), at::ones({8})));
+  EXPECT_EQ(MOEQ_IO_ERROR_OF(checkpoint.file_of("w").drop_pages("nope")),
+            "safetensors '" + (dir / kSingleFileName).string() + "' has no tensor 'nope'");
+}
+
 TEST(SafetensorsReaderTest, LoadCopiesToDeviceAndDtype) {
   ScratchDir dir;
   const at::Tensor weight = at::randn({4, 4}).to(at::kBFloat16);

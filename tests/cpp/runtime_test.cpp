@@ -721,4 +721,48 @@ TEST(RuntimeLayerwise, PeakResidencyIsAboutOneLayer) {
   EXPECT_EQ(all.source->gets(), gets) << "keep_resident reloaded weights";
 }
 
+TEST(RuntimeLayerwise, AMappedCheckpointsPagesLeaveWithTheirLayer) {
+  // fp32 on the CPU: each parameter is a view of the mapped file, so the pages a layer touched
+  // stay in the resident set until the source drops them when the layer is released.
+  const int64_t layers = 12;
+  auto config = mixtral_config(layers, 256, 512);
+  auto b = build(config, /*keep_resident=*/true);
+  auto ids = tokens(2, 32, 96, 3);
+  const auto expect = b.model->forward(ids);  // loads every parameter, to be written below
+  const int64_t layer_bytes = [&] {
+    int64_t n = 0;
+    b.model->layer(0).for_each_parameter(
+        [&](moeq::runtime::Parameter& p) { n += 4 * c10::multiply_integers(p.shape); });
+    return n;
+  }();
+  const auto dir =
+      std::filesystem::temp_directory_path() / fmt::format("moeq_runtime_mapped_{}", ::getpid());
+  remove_tree(dir);
+  {
+    moeq::io::SafetensorsWriter writer(dir, {});
+    b.model->for_each_parameter([&](moeq::runtime::Parameter& p) { writer.add(p.name, p.value); });
+    writer.finish();
+  }
+  std::ofstream(dir / "config.json") << config.dump(2);
+  b = {};
+
+  auto model = moeq::runtime::load_causal_lm(dir, {});
+  const int64_t rss_before_kb = proc_status_kb("VmRSS");
+  int64_t max_rss_kb = 0;
+  model->set_step_observer(
+      [&](const std::string&) { max_rss_kb = std::max(max_rss_kb, proc_status_kb("VmRSS")); });
+  const auto got = model->forward(ids);
+  EXPECT_TRUE(at::allclose(got, expect, 1e-5, 1e-6));
+  const int64_t rss_after_kb = proc_status_kb("VmRSS");
+  std::cout << "layer " << layer_bytes / 1024 << " kB, model " << layers * layer_bytes / 1024
+            << " kB, peak RSS growth " << max_rss_kb - rss_before_kb << " kB, after "
+            << rss_after_kb - rss_before_kb << " kB\n";
+  // Without the drop the growth is the whole model (12 layers); with it, a layer or two.
+  const int64_t activations = 8 << 20;
+  EXPECT_LE((max_rss_kb - rss_before_kb) * 1024, 2 * layer_bytes + activations);
+  EXPECT_LE((rss_after_kb - rss_before_kb) * 1024, layer_bytes + activations);
+  model.reset();
+  remove_tree(dir);
+}
+
 }  // namespace

@@ -24,6 +24,7 @@ class RenamingSource final : public moeq::runtime::WeightSource {
   explicit RenamingSource(std::shared_ptr<moeq::runtime::WeightSource> base)
       : base_(std::move(base)) {}
   at::Tensor get(const std::string& name) override { return base_->get(stored(name)); }
+  void release(const std::string& name) override { base_->release(stored(name)); }
   bool has(const std::string& name) const override { return base_->has(stored(name)); }
   std::vector<std::string> names() const override {
     std::vector<std::string> out;

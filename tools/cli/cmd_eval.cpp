@@ -7,8 +7,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 
-#include <sys/resource.h>
-
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -162,9 +160,7 @@ int run_checkpoint_eval(const EvalFlags& flags) {
       info.source_bytes += static_cast<int64_t>(entry.file_size());
     }
   }
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  info.peak_host_bytes = static_cast<int64_t>(usage.ru_maxrss) * 1024;
+  info.peak_host_bytes = peak_host_bytes();
   const fs::path report_dir = fs::absolute(f.report);
   pipeline::Report report(result, info);
   fs::create_directories(report_dir);

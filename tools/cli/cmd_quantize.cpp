@@ -2,8 +2,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
@@ -444,9 +442,7 @@ int run_quantize(const QuantizeFlags& flags) {
       info.source_bytes += static_cast<int64_t>(entry.file_size());
     }
   }
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  info.peak_host_bytes = static_cast<int64_t>(usage.ru_maxrss) * 1024;
+  info.peak_host_bytes = peak_host_bytes();
   pipeline::Report report(result, info);
   fs::create_directories(report_dir);
   report.write_json(report_dir / "report.json");

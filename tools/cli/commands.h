@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdint>
 #include <functional>
 
 namespace moeq::cli {
@@ -35,5 +36,8 @@ Command add_eval_command(CLI::App& app);
 
 // moeq config-reference: every recipe key (docs/configuration.md is its output).
 Command add_config_reference_command(CLI::App& app);
+
+// The most host memory this process has held resident (bytes), for reports.
+int64_t peak_host_bytes();
 
 }  // namespace moeq::cli

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -38,6 +39,17 @@ std::shared_ptr<const MappedFile> MappedFile::open(const std::filesystem::path& 
 
 MappedFile::MappedFile(std::filesystem::path path, const std::byte* data, uint64_t size)
     : path_(std::move(path)), data_(data), size_(size) {}
+
+void MappedFile::drop_pages(uint64_t offset, uint64_t length) const {
+  if (data_ == nullptr || length == 0 || offset >= size_) {
+    return;
+  }
+  const auto page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t begin = offset / page * page;
+  const uint64_t end = std::min(offset + length, size_);
+  // Only advice: a failure leaves the pages resident, which is what not calling it does.
+  ::madvise(const_cast<std::byte*>(data_) + begin, end - begin, MADV_DONTNEED);
+}
 
 MappedFile::~MappedFile() {
   if (data_ != nullptr) {

@@ -135,6 +135,18 @@ at::Tensor SafetensorsFile::tensor(std::string_view name) const {
       const_cast<std::byte*>(bytes), shape, [mapped](void*) {}, options);
 }
 
+void SafetensorsFile::drop_pages(std::string_view name) const {
+  const TensorEntry& found = entry(name);
+  std::shared_ptr<const MappedFile> mapped;
+  {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    mapped = mapping_;
+  }
+  if (mapped) {
+    mapped->drop_pages(header_.data_offset() + found.begin, found.nbytes());
+  }
+}
+
 // ---- SafetensorsCheckpoint ----------------------------------------------------------------------
 
 SafetensorsCheckpoint::SafetensorsCheckpoint(const fs::path& path) {

@@ -311,6 +311,10 @@ class StackFallbackSource final : public runtime::WeightSource {
     return allowed_.contains(name) && !primary_->has(name) ? original_->get(name)
                                                            : primary_->get(name);
   }
+  void release(const std::string& name) override {
+    primary_->release(name);
+    original_->release(name);
+  }
   bool has(const std::string& name) const override {
     return primary_->has(name) || (allowed_.contains(name) && original_->has(name));
   }

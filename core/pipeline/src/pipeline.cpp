@@ -496,8 +496,9 @@ PipelineResult Pipeline::run(const PipelineProgress& progress) {
       result.ignored_modules.push_back(name.substr(0, name.size() - 7));
     }
     if (exporter) {
-      exporter->add_tensor(export_name(name), tensor);
+      exporter->add_tensor(export_name(name), tensor);  // the writer keeps its own copy
     }
+    weights.release(name);
   }
   if (exporter) {
     const auto export_names = [&](std::vector<std::string> names) {

@@ -66,6 +66,12 @@ at::Tensor CheckpointSource::get(const std::string& name) {
   return checkpoint_->tensor(name);
 }
 
+void CheckpointSource::release(const std::string& name) {
+  if (checkpoint_->contains(name)) {
+    checkpoint_->file_of(name).drop_pages(name);
+  }
+}
+
 bool CheckpointSource::has(const std::string& name) const {
   return checkpoint_->contains(name);
 }
@@ -104,6 +110,17 @@ at::Tensor DerivedSource::get(const std::string& name) {
     return it->second.compute(inputs);
   } catch (const std::exception& e) {
     MOEQ_FAIL("{}: computing '{}' ({}) failed: {}", base_->describe(), name, what_, e.what());
+  }
+}
+
+void DerivedSource::release(const std::string& name) {
+  const auto it = rules_.find(name);
+  if (it == rules_.end()) {
+    base_->release(name);
+    return;
+  }
+  for (const auto& input : it->second.inputs) {
+    base_->release(input);
   }
 }
 

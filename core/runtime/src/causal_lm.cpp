@@ -50,6 +50,7 @@ void CausalLM::load(Module& module) {
 
 void CausalLM::release(Module& module) {
   module.release();
+  module.for_each_parameter([&](Parameter& p) { weights_->release(p.name); });
 }
 
 namespace {

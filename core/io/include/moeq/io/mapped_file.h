@@ -23,6 +23,13 @@ class MappedFile {
   uint64_t size() const { return size_; }
   const std::filesystem::path& path() const { return path_; }
 
+  // Takes the pages of [offset, offset + length) out of the process's resident set (madvise
+  // MADV_DONTNEED, rounded out to whole pages): a layer-by-layer reader calls it for a layer it
+  // has released, so its resident memory stays about one layer instead of growing to the whole
+  // file. Views of those bytes stay valid: the mapping is read-only and shared, so a page touched
+  // again is read back from the page cache (or the file).
+  void drop_pages(uint64_t offset, uint64_t length) const;
+
  private:
   MappedFile(std::filesystem::path path, const std::byte* data, uint64_t size);
 

@@ -42,6 +42,9 @@ class SafetensorsFile {
 
   // A view of the mapped bytes (CPU, read-only memory); see the file comment.
   at::Tensor tensor(std::string_view name) const;
+  // Takes the tensor's mapped pages out of the resident set (MappedFile::drop_pages); views of
+  // it stay valid. Nothing happens when the file was never mapped.
+  void drop_pages(std::string_view name) const;
 
  private:
   std::shared_ptr<const MappedFile> mapping() const;

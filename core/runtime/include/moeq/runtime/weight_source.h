@@ -24,9 +24,14 @@ namespace moeq::runtime {
 class WeightSource {
  public:
   virtual ~WeightSource() = default;
-  // The tensor stored under `name`, in its stored dtype, on the CPU. It may be a zero-copy view
-  // of a mapped file: the caller must not write to it. An unknown name is an error naming it.
+  // The tensor stored under `name`, in its stored dtype, on the CPU (a tensor a DerivedSource
+  // computes may come on the model's device). It may be a zero-copy view of a mapped file: the
+  // caller must not write to it. An unknown name is an error naming it.
   virtual at::Tensor get(const std::string& name) = 0;
+  // The model no longer holds `name` (its layer was released): a mapped source hands the pages
+  // it read back to the operating system, so that a layer-by-layer run's resident memory stays
+  // about one layer. Tensors got earlier stay valid. Nothing by default.
+  virtual void release(const std::string& /*name*/) {}
   virtual bool has(const std::string& name) const = 0;
   // Every tensor name the source holds, sorted (for "tensors nothing claimed" reports).
   virtual std::vector<std::string> names() const = 0;
@@ -61,6 +66,7 @@ class CheckpointSource final : public WeightSource {
   ~CheckpointSource() override;
 
   at::Tensor get(const std::string& name) override;
+  void release(const std::string& name) override;
   bool has(const std::string& name) const override;
   std::vector<std::string> names() const override;
   std::string describe() const override { return description_; }
@@ -86,6 +92,7 @@ class DerivedSource final : public WeightSource {
   DerivedSource(std::shared_ptr<WeightSource> base, std::vector<Rule> rules, std::string what);
 
   at::Tensor get(const std::string& name) override;
+  void release(const std::string& name) override;  // the stored inputs it was computed from
   bool has(const std::string& name) const override;
   std::vector<std::string> names() const override;
   std::string describe() const override;
