@@ -31,6 +31,7 @@ PipelineResult one_layer_result() {
   layer.index = 0;
   layer.tokens = 1000;
   layer.seconds = 0.5;
+  layer.phases = {0.05, 0.2, 0.15, 0.1};
   layer.output_error = 0.05;
   ExpertCoverage cov("model.layers.0.<mlp>", "MixtralSparseMoeBlock", 4);
   cov.tokens = 1000;
@@ -70,6 +71,8 @@ TEST(PipelineReport, HtmlIsSelfContainedEscapedAndHighlightsStarvedExperts) {
   EXPECT_NE(html.find("model.layers.0.&lt;mlp&gt;"), std::string::npos);
   EXPECT_EQ(html.find("model.layers.0.<mlp>"), std::string::npos);
   EXPECT_NE(html.find("Starved experts (1)"), std::string::npos);
+  EXPECT_NE(html.find("Time per layer"), std::string::npos);
+  EXPECT_NE(html.find("<title>layer 0: calibrate 0.20 s of 0.50 s</title>"), std::string::npos);
   EXPECT_NE(html.find("#d00000"), std::string::npos);  // the starved cell's outline
   EXPECT_NE(report.summary_text().find("starved experts: 1"), std::string::npos);
 }

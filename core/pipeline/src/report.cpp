@@ -154,6 +154,57 @@ std::string svg_lines(const std::string& title,
   return s;
 }
 
+// One stacked bar per layer: where its time went (phase_seconds), hover for the seconds. A
+// layer whose quantize segment dwarfs the rest is export-bound; a long load, source-bound.
+std::string svg_time_bars(const Json& layers) {
+  constexpr std::pair<const char*, const char*> kPhases[] = {{"load", "#9467bd"},
+                                                             {"calibrate", "#1f77b4"},
+                                                             {"quantize", "#ff7f0e"},
+                                                             {"forward", "#2ca02c"}};
+  double top = 0.0;
+  for (const auto& layer : layers) {
+    top = std::max(top, layer["seconds"].get<double>());
+  }
+  const int n = static_cast<int>(layers.size());
+  const int bar = std::clamp(600 / std::max(n, 1), 4, 24);
+  const int pad = 40;
+  const int h = 180;
+  const int w = pad + n * (bar + 2) + 20;
+  std::string s = fmt::format(
+      "<h2>Time per layer</h2><p>Seconds per layer by phase: load (read and dequantize the "
+      "source, place it), calibrate (the original layer under the observers), quantize (scales, "
+      "fake weights, export), forward (evaluation streams and the quantized reruns).</p>"
+      "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}' font-family='sans-serif' "
+      "font-size='11'><line x1='{}' y1='{}' x2='{}' y2='{}' stroke='#888'/>"
+      "<text x='2' y='14'>{:.3g} s</text><text x='2' y='{}'>0</text>",
+      std::max(w, 420), h + 30, pad, h, w - 10, h, top, h);
+  for (int i = 0; i < n; ++i) {
+    const auto& layer = layers[i];
+    const auto& phases = layer["phase_seconds"];
+    double y = h;
+    for (const auto& [phase, color] : kPhases) {
+      const double seconds = phases.value(phase, 0.0);
+      const double height = top > 0 ? seconds / top * (h - 20) : 0.0;
+      y -= height;
+      s += fmt::format(
+          "<rect x='{}' y='{:.1f}' width='{}' height='{:.1f}' fill='{}'><title>layer {}: {} "
+          "{:.2f} s of {:.2f} s</title></rect>",
+          pad + i * (bar + 2), y, bar, height, color, layer["index"].get<int64_t>(), phase, seconds,
+          layer["seconds"].get<double>());
+    }
+  }
+  int x = pad;
+  for (const auto& [phase, color] : kPhases) {
+    s += fmt::format(
+        "<rect x='{}' y='{}' width='10' height='10' fill='{}'/><text x='{}' y='{}'>{}"
+        "</text>",
+        x, h + 14, color, x + 14, h + 23, phase);
+    x += 90;
+  }
+  s += "</svg>";
+  return s;
+}
+
 double fraction(int64_t count, int64_t total) {
   return total > 0 ? static_cast<double>(count) / static_cast<double>(total) : 0.0;
 }
@@ -527,6 +578,7 @@ std::string Report::html() const {
     series.emplace_back("hidden-state error (evaluation, accumulated)", eval_error);
   }
   s += svg_lines("Per-layer error (relative RMS)", series);
+  s += svg_time_bars(json_["layers"]);
   s += "</body></html>\n";
   return s;
 }
