@@ -198,7 +198,7 @@ TEST(KernelsIntFp8CudaTest, PackingAndSourceFormats) {
   REQUIRE_CUDA();
   for (int bits = 1; bits <= 8; ++bits) {
     at::manual_seed(bits);
-    for (const std::vector<int64_t> shape :
+    for (const std::vector<int64_t>& shape :
          std::vector<std::vector<int64_t>>{{64, 512}, {3, 40, 100}, {2, 16, 33}}) {
       const at::Tensor codes = at::randint(-(1 << (bits - 1)), 1 << (bits - 1), shape, at::kChar);
       for (const at::Tensor& c : layouts(codes)) {
