@@ -165,6 +165,25 @@ TEST(SafetensorsReaderTest, DroppedPagesLeaveTheResidentSetAndViewsStayValid) {
             "safetensors '" + (dir / kSingleFileName).string() + "' has no tensor 'nope'");
 }
 
+TEST(IoRemoveTree, RemovesNestedTreesButNotWhatSymlinksPointTo) {
+  ScratchDir dir;
+  const fs::path keep = dir / "keep.txt";
+  write_bytes(keep, "kept");
+  const fs::path tree = dir / "tree";
+  fs::create_directories(tree / "a" / "b");
+  write_bytes(tree / "a" / "b" / "file", "x");
+  write_bytes(tree / "top", "y");
+  fs::create_symlink(keep, tree / "a" / "link");
+  fs::create_directory_symlink(dir.path(), tree / "loop");
+  std::error_code ec;
+  moeq::io::remove_tree(tree, ec);
+  EXPECT_FALSE(ec) << ec.message();
+  EXPECT_FALSE(fs::exists(fs::symlink_status(tree)));
+  EXPECT_EQ(read_bytes(keep), "kept");
+  moeq::io::remove_tree(tree, ec);  // already gone: not an error
+  EXPECT_FALSE(ec) << ec.message();
+}
+
 TEST(SafetensorsReaderTest, LoadCopiesToDeviceAndDtype) {
   ScratchDir dir;
   const at::Tensor weight = at::randn({4, 4}).to(at::kBFloat16);

@@ -11,19 +11,14 @@
 #include <string>
 #include <string_view>
 
+#include "moeq/io/remove_tree.h"
+
 namespace moeq::io::testing {
 
-// Removes a directory tree. Not std::filesystem::remove_all: libtorch.so (2.11 wheel) exports its
-// own copy, which calls recursive_directory_iterator::__erase, a GCC 13 symbol that Debian 12's
-// libstdc++ lacks; the weak reference is null and the call crashes.
+// Removes a directory tree, ignoring errors (moeq::io::remove_tree; never remove_all).
 inline void remove_tree(const std::filesystem::path& path) {
   std::error_code ignored;
-  if (std::filesystem::is_directory(std::filesystem::symlink_status(path, ignored))) {
-    for (const auto& entry : std::filesystem::directory_iterator(path, ignored)) {
-      remove_tree(entry.path());
-    }
-  }
-  std::filesystem::remove(path, ignored);
+  moeq::io::remove_tree(path, ignored);
 }
 
 // A fresh directory under the system temp dir, removed with its contents on destruction.

@@ -23,8 +23,9 @@
 #include <string>
 #include <thread>
 
-#include <ftw.h>
 #include <unistd.h>
+
+#include "io_test_util.h"
 
 namespace {
 
@@ -238,6 +239,58 @@ TEST(RuntimeBlocks, SlidingWindowAndPaddingMask) {
   EXPECT_TRUE(at::equal(m, at::tensor(expect).view({4, 4})));
 }
 
+// An attention's projections and full-width q/k norm weights, random.
+std::map<std::string, at::Tensor> full_width_attention_weights(
+    int64_t hidden, int64_t heads, int64_t kv_heads, int64_t d, at::Generator& gen) {
+  return {
+      {"attn.q_proj.weight", at::randn({heads * d, hidden}, gen)},
+      {"attn.k_proj.weight", at::randn({kv_heads * d, hidden}, gen)},
+      {"attn.v_proj.weight", at::randn({kv_heads * d, hidden}, gen)},
+      {"attn.o_proj.weight", at::randn({hidden, heads * d}, gen)},
+      {"attn.q_norm.weight", 1.0 + 0.1 * at::randn({heads * d}, gen)},
+      {"attn.k_norm.weight", 1.0 + 0.1 * at::randn({kv_heads * d}, gen)},
+  };
+}
+
+// q and k RMS-normed over all heads at once (eps 1e-6), v as projected: [B, S, heads * d].
+struct FlatQkv {
+  at::Tensor q, k, v;
+};
+
+FlatQkv full_width_qkv(const at::Tensor& x, std::map<std::string, at::Tensor>& w) {
+  auto rms = [](const at::Tensor& t, const at::Tensor& weight) {
+    return weight * (t * at::rsqrt(t.pow(2).mean(-1, true) + 1e-6));
+  };
+  return {rms(at::matmul(x, w["attn.q_proj.weight"].t()), w["attn.q_norm.weight"]),
+          rms(at::matmul(x, w["attn.k_proj.weight"].t()), w["attn.k_norm.weight"]),
+          at::matmul(x, w["attn.v_proj.weight"].t())};
+}
+
+// transformers' attention from the flat q, k, v (MiniMaxM2Attention; OlmoeAttention with clip):
+// clamped when clip is given, heads split, RoPE, softmax attention, o_proj.
+at::Tensor reference_attention(const FlatQkv& qkv,
+                               std::map<std::string, at::Tensor>& w,
+                               const moeq::runtime::RotaryEmbedding& rotary,
+                               int64_t heads,
+                               int64_t kv_heads,
+                               int64_t d,
+                               std::optional<double> clip) {
+  const int64_t b = qkv.q.size(0), s = qkv.q.size(1);
+  auto heads_of = [&](const at::Tensor& t) {
+    return (clip ? t.clamp(-*clip, *clip) : t).view({b, s, -1, d}).transpose(1, 2);
+  };
+  moeq::runtime::ForwardContext ctx(b, s, {}, {}, {});
+  const auto& [cos, sin] = ctx.rope(rotary);
+  auto q = moeq::runtime::RotaryEmbedding::apply(heads_of(qkv.q), cos, sin);
+  auto k = moeq::runtime::RotaryEmbedding::apply(heads_of(qkv.k), cos, sin)
+               .repeat_interleave(heads / kv_heads, 1);
+  auto v = heads_of(qkv.v).repeat_interleave(heads / kv_heads, 1);
+  auto scores =
+      at::matmul(q, k.transpose(2, 3)) / std::sqrt(static_cast<double>(d)) + ctx.additive_mask(0);
+  auto out = at::matmul(at::softmax(scores, -1), v).transpose(1, 2).reshape({b, s, -1});
+  return at::matmul(out, w["attn.o_proj.weight"].t());
+}
+
 // The full-width q/k norm (MiniMax-M2, OLMoE): RMSNorm over all of q_proj's and k_proj's outputs,
 // then the heads are split, as transformers' MiniMaxM2Attention computes it.
 TEST(RuntimeBlocks, FullWidthQkNormNormalisesBeforeTheHeadsSplit) {
@@ -256,14 +309,7 @@ TEST(RuntimeBlocks, FullWidthQkNormNormalisesBeforeTheHeadsSplit) {
   auto rotary = std::make_shared<const moeq::runtime::RotaryEmbedding>(rope);
 
   auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
-  std::map<std::string, at::Tensor> w = {
-      {"attn.q_proj.weight", at::randn({heads * d, hidden}, gen)},
-      {"attn.k_proj.weight", at::randn({kv_heads * d, hidden}, gen)},
-      {"attn.v_proj.weight", at::randn({kv_heads * d, hidden}, gen)},
-      {"attn.o_proj.weight", at::randn({hidden, heads * d}, gen)},
-      {"attn.q_norm.weight", 1.0 + 0.1 * at::randn({heads * d}, gen)},
-      {"attn.k_norm.weight", 1.0 + 0.1 * at::randn({kv_heads * d}, gen)},
-  };
+  auto w = full_width_attention_weights(hidden, heads, kv_heads, d, gen);
   moeq::runtime::TensorMapSource source(w);
   o.qk_norm_scope = QkNormScope::kFullWidth;
   moeq::runtime::Attention full("Attn", "attn", o, rotary);
@@ -272,21 +318,8 @@ TEST(RuntimeBlocks, FullWidthQkNormNormalisesBeforeTheHeadsSplit) {
   moeq::runtime::ForwardContext ctx(b, s, {}, {}, {});
   auto got = full.forward(x, ctx);
 
-  auto rms = [](const at::Tensor& t, const at::Tensor& weight) {
-    return weight * (t * at::rsqrt(t.pow(2).mean(-1, true) + 1e-6));
-  };
-  auto heads_of = [&](const at::Tensor& t) { return t.view({b, s, -1, d}).transpose(1, 2); };
-  auto q = heads_of(rms(at::matmul(x, w["attn.q_proj.weight"].t()), w["attn.q_norm.weight"]));
-  auto k = heads_of(rms(at::matmul(x, w["attn.k_proj.weight"].t()), w["attn.k_norm.weight"]));
-  auto v = heads_of(at::matmul(x, w["attn.v_proj.weight"].t()));
-  const auto& [cos, sin] = ctx.rope(*rotary);
-  q = moeq::runtime::RotaryEmbedding::apply(q, cos, sin);
-  k = moeq::runtime::RotaryEmbedding::apply(k, cos, sin).repeat_interleave(heads / kv_heads, 1);
-  v = v.repeat_interleave(heads / kv_heads, 1);
-  auto scores =
-      at::matmul(q, k.transpose(2, 3)) / std::sqrt(static_cast<double>(d)) + ctx.additive_mask(0);
-  auto out = at::matmul(at::softmax(scores, -1), v).transpose(1, 2).reshape({b, s, -1});
-  auto expect = at::matmul(out, w["attn.o_proj.weight"].t());
+  auto expect =
+      reference_attention(full_width_qkv(x, w), w, *rotary, heads, kv_heads, d, std::nullopt);
   EXPECT_TRUE(at::allclose(got, expect, 1e-5, 1e-5)) << (got - expect).abs().max();
 
   // Per head, the same checkpoint's norms have the wrong shape: the error says which.
@@ -319,14 +352,7 @@ TEST(RuntimeBlocks, ClipQkvClampsQKVAfterTheNorms) {
   auto rotary = std::make_shared<const moeq::runtime::RotaryEmbedding>(rope);
 
   auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
-  std::map<std::string, at::Tensor> w = {
-      {"attn.q_proj.weight", at::randn({heads * d, hidden}, gen)},
-      {"attn.k_proj.weight", at::randn({kv_heads * d, hidden}, gen)},
-      {"attn.v_proj.weight", at::randn({kv_heads * d, hidden}, gen)},
-      {"attn.o_proj.weight", at::randn({hidden, heads * d}, gen)},
-      {"attn.q_norm.weight", 1.0 + 0.1 * at::randn({heads * d}, gen)},
-      {"attn.k_norm.weight", 1.0 + 0.1 * at::randn({kv_heads * d}, gen)},
-  };
+  auto w = full_width_attention_weights(hidden, heads, kv_heads, d, gen);
   moeq::runtime::TensorMapSource source(w);
   auto x = at::randn({b, s, hidden}, gen);
   auto run = [&](std::optional<double> clip) {
@@ -338,45 +364,24 @@ TEST(RuntimeBlocks, ClipQkvClampsQKVAfterTheNorms) {
     return attn.forward(x, ctx);
   };
   const auto plain = run(std::nullopt);
-
-  // The reference: transformers' OlmoeAttention, clamping the normed q, k and the raw v.
-  auto rms = [](const at::Tensor& t, const at::Tensor& weight) {
-    return weight * (t * at::rsqrt(t.pow(2).mean(-1, true) + 1e-6));
-  };
-  auto q_flat = rms(at::matmul(x, w["attn.q_proj.weight"].t()), w["attn.q_norm.weight"]);
-  auto k_flat = rms(at::matmul(x, w["attn.k_proj.weight"].t()), w["attn.k_norm.weight"]);
-  auto v_flat = at::matmul(x, w["attn.v_proj.weight"].t());
-  auto reference = [&](double clip) {
-    auto heads_of = [&](const at::Tensor& t) {
-      return t.clamp(-clip, clip).view({b, s, -1, d}).transpose(1, 2);
-    };
-    moeq::runtime::ForwardContext ctx(b, s, {}, {}, {});
-    const auto& [cos, sin] = ctx.rope(*rotary);
-    auto q = moeq::runtime::RotaryEmbedding::apply(heads_of(q_flat), cos, sin);
-    auto k = moeq::runtime::RotaryEmbedding::apply(heads_of(k_flat), cos, sin)
-                 .repeat_interleave(heads / kv_heads, 1);
-    auto v = heads_of(v_flat).repeat_interleave(heads / kv_heads, 1);
-    auto scores =
-        at::matmul(q, k.transpose(2, 3)) / std::sqrt(static_cast<double>(d)) + ctx.additive_mask(0);
-    auto out = at::matmul(at::softmax(scores, -1), v).transpose(1, 2).reshape({b, s, -1});
-    return at::matmul(out, w["attn.o_proj.weight"].t());
-  };
+  // The reference clamps the normed q, k and the raw v, as transformers' OlmoeAttention does.
+  const FlatQkv flat = full_width_qkv(x, w);
 
   // A clip above every activation changes nothing.
   const double largest =
-      std::max({q_flat.abs().max().item<double>(), k_flat.abs().max().item<double>(),
-                v_flat.abs().max().item<double>()});
+      std::max({flat.q.abs().max().item<double>(), flat.k.abs().max().item<double>(),
+                flat.v.abs().max().item<double>()});
   EXPECT_TRUE(at::equal(run(largest + 1.0), plain));
 
   // A clip below many activations (the normed q and k are ~1, v ~4): the output changes, and is
   // transformers' order (clamp after the norms, before RoPE).
   const double clip = 0.5;
-  ASSERT_GT((q_flat.abs() > clip).sum().item<int64_t>(), 0);
-  ASSERT_GT((k_flat.abs() > clip).sum().item<int64_t>(), 0);
-  ASSERT_GT((v_flat.abs() > clip).sum().item<int64_t>(), 0);
+  ASSERT_GT((flat.q.abs() > clip).sum().item<int64_t>(), 0);
+  ASSERT_GT((flat.k.abs() > clip).sum().item<int64_t>(), 0);
+  ASSERT_GT((flat.v.abs() > clip).sum().item<int64_t>(), 0);
   const auto clipped = run(clip);
   EXPECT_GT((clipped - plain).abs().max().item<double>(), 1e-3);
-  const auto expect = reference(clip);
+  const auto expect = reference_attention(flat, w, *rotary, heads, kv_heads, d, clip);
   EXPECT_TRUE(at::allclose(clipped, expect, 1e-5, 1e-5)) << (clipped - expect).abs().max();
 
   o.clip_qkv = 0.0;
@@ -536,16 +541,6 @@ TEST(RuntimeModel, MissingTensorAndWrongShapeAreNamed) {
   }
 }
 
-// Removes a directory tree. Not std::filesystem::remove_all: libtorch.so exports its own
-// std::filesystem symbols, and its remove_all, bound first in a binary linked with libtorch,
-// crashes.
-void remove_tree(const std::filesystem::path& dir) {
-  ::nftw(
-      dir.c_str(),
-      [](const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }, 16,
-      FTW_DEPTH | FTW_PHYS);
-}
-
 TEST(RuntimeModel, ShardedCheckpointOnDiskRunsAsInMemory) {
   // The same weights through io's writer (several shards and an index) and load_causal_lm.
   auto config = mixtral_config(3, 32, 48);
@@ -554,7 +549,7 @@ TEST(RuntimeModel, ShardedCheckpointOnDiskRunsAsInMemory) {
   auto expect = b.model->forward(ids);
   const auto dir =
       std::filesystem::temp_directory_path() / fmt::format("moeq_runtime_test_{}", ::getpid());
-  remove_tree(dir);
+  moeq::io::testing::remove_tree(dir);
   {
     moeq::io::SafetensorsWriterOptions options;
     options.max_shard_bytes = 200'000;
@@ -571,7 +566,7 @@ TEST(RuntimeModel, ShardedCheckpointOnDiskRunsAsInMemory) {
   EXPECT_TRUE(at::allclose(got, expect, 1e-5, 1e-6)) << (got - expect).abs().max().item<float>();
   EXPECT_EQ(model->resident_bytes(), 0);
   EXPECT_NE(model->weights().describe().find(dir.string()), std::string::npos);
-  remove_tree(dir);
+  moeq::io::testing::remove_tree(dir);
 }
 
 // ---- MoE hooks ----------------------------------------------------------------------------------
@@ -737,7 +732,7 @@ TEST(RuntimeLayerwise, AMappedCheckpointsPagesLeaveWithTheirLayer) {
   }();
   const auto dir =
       std::filesystem::temp_directory_path() / fmt::format("moeq_runtime_mapped_{}", ::getpid());
-  remove_tree(dir);
+  moeq::io::testing::remove_tree(dir);
   {
     moeq::io::SafetensorsWriter writer(dir, {});
     b.model->for_each_parameter([&](moeq::runtime::Parameter& p) { writer.add(p.name, p.value); });
@@ -762,7 +757,7 @@ TEST(RuntimeLayerwise, AMappedCheckpointsPagesLeaveWithTheirLayer) {
   EXPECT_LE((max_rss_kb - rss_before_kb) * 1024, 2 * layer_bytes + activations);
   EXPECT_LE((rss_after_kb - rss_before_kb) * 1024, layer_bytes + activations);
   model.reset();
-  remove_tree(dir);
+  moeq::io::testing::remove_tree(dir);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "checkpoint_exporter.h"
 
 #include <moeq/core/error.h>
+#include <moeq/io/remove_tree.h>
 #include <moeq/io/safetensors_reader.h>
 #include <moeq/io/safetensors_writer.h>
 
@@ -19,33 +20,6 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr const char* kJournalFolder = ".journal";
-
-// Removes a directory tree. Not fs::remove_all: libtorch exports its own copy of std::filesystem,
-// and which remove_all a call binds to depends on the link order; libtorch's has crashed both on
-// Debian 12 (a missing libstdc++ symbol) and on the GPU machine (docs/checkpoint-io.md).
-void remove_tree(const fs::path& path, std::error_code& ec) {
-  ec.clear();
-  const fs::file_status status = fs::symlink_status(path, ec);
-  if (status.type() == fs::file_type::not_found) {
-    ec.clear();
-    return;
-  }
-  if (ec) {
-    return;
-  }
-  if (status.type() == fs::file_type::directory) {
-    for (fs::directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec)) {
-      remove_tree(it->path(), ec);
-      if (ec) {
-        return;
-      }
-    }
-    if (ec) {
-      return;
-    }
-  }
-  fs::remove(path, ec);
-}
 
 std::string shape_of(const at::Tensor& t) {
   return fmt::format("[{}]", fmt::join(t.sizes(), ", "));
@@ -126,13 +100,13 @@ CheckpointExporter::CheckpointExporter(const ExportOptions& options, SharedScale
                  "'{}' holds an interrupted run for the output '{}'; pass --resume to continue it "
                  "or --restart to discard it",
                  temp_.string(), output.string());
-      remove_tree(temp_, ec);
+      io::remove_tree(temp_, ec);
       MOEQ_CHECK(!ec, "cannot remove the interrupted run '{}': {}", temp_.string(), ec.message());
     }
   } else {
     temp_ = output.parent_path() /
             fmt::format(".{}.moeq-partial-{}", output.filename().string(), ::getpid());
-    remove_tree(temp_, ec);  // a leftover of this pid's earlier, killed run
+    io::remove_tree(temp_, ec);  // a leftover of this pid's earlier, killed run
   }
   fs::create_directories(temp_, ec);
   MOEQ_CHECK(!ec, "cannot create '{}' next to the output: {}", temp_.string(), ec.message());
@@ -150,7 +124,7 @@ CheckpointExporter::~CheckpointExporter() {
   if (!finished_ && !(options_.resumable && (resuming_ || checkpointed_))) {
     writer_.reset();  // removes its own temporaries
     std::error_code ec;
-    remove_tree(temp_, ec);
+    io::remove_tree(temp_, ec);
   }
 }
 
@@ -231,7 +205,7 @@ fs::path CheckpointExporter::finish(const ExportSummary& summary) {
     copy_side_files();
     if (options_.resumable) {
       std::error_code ec;
-      remove_tree(temp_ / kJournalFolder, ec);
+      io::remove_tree(temp_ / kJournalFolder, ec);
       MOEQ_CHECK(!ec, "cannot remove the journal '{}': {}", (temp_ / kJournalFolder).string(),
                  ec.message());
     }
@@ -348,7 +322,7 @@ void CheckpointExporter::rename_into_place() {
   // --overwrite: the old output is replaced only now that the new one is complete.
   const fs::path old = output_.parent_path() /
                        fmt::format(".{}.moeq-old-{}", output_.filename().string(), ::getpid());
-  remove_tree(old, ec);
+  io::remove_tree(old, ec);
   fs::rename(output_, old, ec);
   MOEQ_CHECK(!ec, "cannot move the old '{}' aside: {}", output_.string(), ec.message());
   fs::rename(temp_, output_, ec);
@@ -358,7 +332,7 @@ void CheckpointExporter::rename_into_place() {
     MOEQ_CHECK(false, "cannot rename '{}' to '{}': {}", temp_.string(), output_.string(),
                ec.message());
   }
-  remove_tree(old, ec);
+  io::remove_tree(old, ec);
 }
 
 }  // namespace moeq::exporting

@@ -410,14 +410,16 @@ void LayerSession::finish_calibration(const std::function<void(QuantTarget&)>& q
     }
     t.source_weight = stored_weight(t);
     t.weight->observe(t.source_weight);
-    if (lean && t.weight->has_observer()) {
+    if (tensor_group && t.weight->has_observer()) {
       own_global_amax[i] = t.weight->global_amax();
+    }
+    if (lean) {
       t.weight->observer().reset();
       t.source_weight = at::Tensor();  // read again when quantized: one target at a time
     }
   }
-  // Projections the engines fuse share an NVFP4 global scale: gate and up of each expert (and of
-  // each dense or shared MLP), q, k and v of the attention.
+  // Projections the engines fuse share an NVFP4 global scale (the largest of their amaxes): gate
+  // and up of each expert (and of each dense or shared MLP), q, k and v of the attention.
   std::vector<at::Tensor> shared_global_amax(targets_.size());
   if (tensor_group) {
     std::map<std::pair<std::string, int64_t>, std::vector<size_t>> fused;
@@ -434,14 +436,10 @@ void LayerSession::finish_calibration(const std::function<void(QuantTarget&)>& q
       if (group.size() < 2) {
         continue;
       }
-      if (!lean) {
-        std::vector<quant::TensorQuantizer*> quantizers;
-        for (size_t i : group) {
-          quantizers.push_back(targets_[i].weight.get());
-        }
-        quant::fuse_global_scale(quantizers);
-        continue;
-      }
+      const auto& first = *targets_[group.front()].weight;
+      MOEQ_CHECK(first.args().is_nvfp4(),
+                 "weight '{}' is not NVFP4: only NVFP4 global scales are shared by fused layers",
+                 first.tensor_name());
       at::Tensor amax;
       for (size_t i : group) {
         amax = amax.defined() ? at::maximum(amax, own_global_amax[i]) : own_global_amax[i];
@@ -459,9 +457,9 @@ void LayerSession::finish_calibration(const std::function<void(QuantTarget&)>& q
     }
     if (lean) {
       t.weight->observe(t.source_weight);
-      if (shared_global_amax[i].defined()) {
-        t.weight->share_global_amax(shared_global_amax[i]);
-      }
+    }
+    if (shared_global_amax[i].defined()) {
+      t.weight->share_global_amax(shared_global_amax[i]);
     }
     const auto fake = t.weight->fake_quantize(t.source_weight);
     t.weight_error = detail::relative_rms(fake, t.source_weight);
