@@ -283,6 +283,27 @@ TEST(PipelineSession, QuantizedForwardUsesTheFakeQuantizedWeights) {
   EXPECT_FALSE(at::allclose(quantized, reference, 1e-6, 1e-7));
 }
 
+TEST(PipelineSession, FusedGlobalScalesNeedNvfp4) {
+  // tensor_group int weights validate, but only NVFP4 has the global scale gate and up share.
+  TinyLayer tiny;
+  TargetRules r;
+  r.scheme = moeq::quant::QuantScheme::from_json(nlohmann::json::parse(R"({
+      "targets": ["Linear"],
+      "weights": {"num_bits": 8, "type": "int", "symmetric": true, "strategy": "tensor_group",
+                  "group_size": 16}})"));
+  r.scheme.validate();
+  LayerSession session(*tiny.layer, *tiny.source, r, CalibrationOptions{});
+  try {
+    session.finish_calibration([](moeq::pipeline::QuantTarget&) {}, /*in_place=*/false);
+    FAIL() << "expected an error";
+  } catch (const moeq::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is not NVFP4: only NVFP4 global scales are shared by "
+                                         "fused layers"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(PipelineSession, StaticInputScaleWithoutTokensIsAnError) {
   TinyLayer tiny;
   auto r = rules("W8A8-INT8");  // dynamic per-token activations: no calibration needed
